@@ -1,0 +1,223 @@
+"""Typed configuration: dataclass defaults < YAML file < command-line flags.
+
+Configs are frozen-free dataclasses so they can be resolved, saved next to every
+result and compared. Unknown keys are errors that list the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union
+
+import yaml
+
+from .errors import ConfigError
+from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+C = TypeVar("C")
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that decides an FD-Align fine-tuning run (SPEC §1).
+
+    The defaults are tuned for the embedded world model on CPU; the reference recipe for
+    CLIP ViT-B/32 is in ``benchmarks/paper/`` (SGD, lr per dataset, 60 epochs, batch 256).
+    """
+
+    # source
+    model: str = DEFAULT_MODEL
+    pretrained: Optional[str] = DEFAULT_PRETRAINED
+    dataset: str = "world"
+    data_root: Optional[str] = None
+    shots: int = 16
+    seed: int = 1
+    # method
+    alpha: float = 1.0
+    beta: float = 1.0
+    kl_direction: str = "overview"
+    templates: Union[str, List[str]] = "imagenet80"
+    spc: bool = True
+    spc_keep: int = 60
+    spc_k: int = 20
+    spc_renormalise: bool = False
+    head: str = "fixed"
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float = 2e-3
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    epochs: int = 10
+    batch_size: int = 64
+    grad_accum: int = 1
+    grad_clip: float = 0.0
+    warmup_iters: int = 0
+    aug_scale: Tuple[float, float] = (0.08, 1.0)
+    val_shots: int = 4
+    select: str = "val"
+    # execution
+    device: str = "auto"
+    amp: bool = True
+    workers: int = 0
+
+    def validate(self) -> "FinetuneConfig":
+        """Check value ranges; raise :class:`ConfigError` naming the key and the fix."""
+        _positive(self, "shots", "epochs", "batch_size", "grad_accum")
+        _non_negative(self, "alpha", "beta", "lr", "weight_decay", "grad_clip", "warmup_iters", "workers", "val_shots")
+        _choice(self, "kl_direction", ("overview", "reference"))
+        _choice(self, "head", ("fixed", "linear"))
+        _choice(self, "optimizer", ("sgd", "adamw"))
+        _choice(self, "select", ("val", "last"))
+        lo, hi = self.aug_scale
+        if not (0 < lo <= hi <= 1):
+            raise ConfigError(f"aug_scale must be two numbers 0 < lo <= hi <= 1, got {self.aug_scale}")
+        if self.spc_keep < 0 or self.spc_k < 0:
+            raise ConfigError("spc_keep and spc_k must be >= 0 (0 switches that SPC step off)")
+        return self
+
+
+def _positive(cfg, *names):
+    for n in names:
+        v = getattr(cfg, n)
+        if v is None or v <= 0:
+            raise ConfigError(f"{n} must be a positive integer, got {v!r}")
+
+
+def _non_negative(cfg, *names):
+    for n in names:
+        v = getattr(cfg, n)
+        if v is None or v < 0:
+            raise ConfigError(f"{n} must be >= 0, got {v!r}")
+
+
+def _choice(cfg, name, valid):
+    v = getattr(cfg, name)
+    if v not in valid:
+        raise ConfigError(f"{name} must be one of {', '.join(valid)}; got {v!r}")
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Coerce a YAML / flag value to the dataclass field type, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(name, value, a)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"bad value for {name}: {value!r}")
+    if tp is Any:
+        return value
+    if origin in (list, List):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [_coerce(name, v, args[0]) if args else v for v in value]
+    if origin in (tuple, Tuple):
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, (list, tuple)) or (args and len(value) != len(args)):
+            raise ConfigError(f"{name} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(name, v, a) for v, a in zip(value, args))
+    if origin in (dict, Dict, Mapping):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+        if f != int(f):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
+    """Read a YAML mapping with ``safe_load``; clear errors for missing or bad files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"config file {p} is not valid YAML: {first}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def build_config(cls: Type[C], *layers: Optional[Mapping[str, Any]], source: str = "config") -> C:
+    """Build ``cls`` from defaults, then each mapping in ``layers`` in order (later wins).
+
+    ``None`` values in a layer mean "not given" and do not override.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values: Dict[str, Any] = {}
+    for layer in layers:
+        if not layer:
+            continue
+        unknown = sorted(k for k in layer if k not in fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown {source} key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(fields))}"
+            )
+        for k, v in layer.items():
+            if v is None:
+                continue
+            values[k] = _coerce(k, v, hints[k])
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    """A JSON-friendly dict of a config dataclass (tuples become lists)."""
+    def conv(v):
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return {k: conv(v) for k, v in dataclasses.asdict(cfg).items()}

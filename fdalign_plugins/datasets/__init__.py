@@ -1,0 +1,48 @@
+"""Datasets: the data contract, few-shot sampling, and loading by registered name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+from ..errors import DataError
+from .base import ArraySplit, FewShotDataset, FileSplit, ImageSplit, SubsetSplit
+from .sampling import FewShotSplit, few_shot_split, sample_per_class
+
+__all__ = [
+    "ArraySplit", "FewShotDataset", "FileSplit", "ImageSplit", "SubsetSplit",
+    "FewShotSplit", "few_shot_split", "sample_per_class", "load_dataset", "check_images",
+]
+
+
+def load_dataset(name: str, root: Optional[str] = None, **options: Any) -> FewShotDataset:
+    """Build the dataset registered as ``name`` (built-in or plugin).
+
+    Raises:
+        PluginError: unknown name (the message lists the valid ones).
+        DataError: the dataset needs ``root`` and none was given, or its files are missing.
+    """
+    from ..plugins import get_dataset_spec
+
+    spec = get_dataset_spec(name)
+    if spec.needs_root and not root:
+        raise DataError(f"dataset {name!r} needs a data root: pass --data-root PATH (see docs/datasets.md)")
+    return spec.build(Path(root) if root else None, **options)
+
+
+def check_images(split: ImageSplit, what: str, limit: Optional[int] = None) -> List[str]:
+    """Load every image of ``split`` once; raise :class:`DataError` listing unreadable ones.
+
+    Run before training so a corrupt file fails in seconds, not after an hour.
+    """
+    bad = []
+    n = len(split) if limit is None else min(limit, len(split))
+    for i in range(n):
+        try:
+            split.load(i)
+        except DataError as exc:
+            bad.append(str(exc))
+    if bad:
+        shown = "; ".join(bad[:3])
+        raise DataError(f"{len(bad)} unreadable image(s) in {what}: {shown}{' ...' if len(bad) > 3 else ''}")
+    return bad

@@ -1,0 +1,274 @@
+"""Loading CLIP models through open_clip.
+
+One function, :func:`load_clip`, returns the model, its train / eval transforms and its
+tokenizer, from any of four sources:
+
+* a hub model name plus pretrained tag (``ViT-B-32`` + ``openai``): the normal online
+  path; offline it fails fast and says how to pass a local file instead;
+* a model name plus a local checkpoint file (``--pretrained /path/to/weights.bin``);
+* a local model directory holding ``open_clip_config.json`` and weights
+  (``local-dir:/path`` or just the directory path as the model name);
+* a config registered with :func:`register_model_config` (the tiny test models and the
+  embedded world model), optionally with packaged weights registered under a tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+from torchvision import transforms as T
+
+from .errors import CheckpointError, ConfigError, FDAlignError
+
+#: Model used when the user names none: the tiny CLIP pretrained on the synthetic world.
+DEFAULT_MODEL = "fdalign-world-tiny"
+DEFAULT_PRETRAINED = "world"
+
+_REGISTERED: Dict[str, Dict[str, Any]] = {}
+#: ``{model_name: {tag: weights_path_or_callable}}`` for registered models.
+_PRETRAINED: Dict[str, Dict[str, Union[str, Path, Callable[[], Path]]]] = {}
+_CONFIG_DIR: Optional[Path] = None
+
+
+def register_model_config(name: str, config: Mapping[str, Any], pretrained: Optional[Mapping[str, Any]] = None) -> None:
+    """Register an open_clip architecture config under ``name``.
+
+    Args:
+        name: model name, usable wherever an open_clip model name is accepted.
+        config: open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``).
+        pretrained: optional ``{tag: path}`` of local weights files (or zero-argument
+            callables returning the path, so that packaged weights resolve lazily).
+    """
+    global _CONFIG_DIR
+    import open_clip
+
+    if not all(k in config for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        raise ConfigError(f"model config {name!r} needs embed_dim, vision_cfg and text_cfg")
+    if _CONFIG_DIR is None:
+        _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="fdalign_model_cfgs_"))
+    (_CONFIG_DIR / f"{name}.json").write_text(json.dumps(dict(config)))
+    open_clip.add_model_config(_CONFIG_DIR)
+    _REGISTERED[name] = dict(config)
+    if pretrained:
+        _PRETRAINED.setdefault(name, {}).update(pretrained)
+
+
+def _ensure_builtin_models() -> None:
+    """Register the packaged world model (imported lazily: it needs no network)."""
+    if DEFAULT_MODEL not in _REGISTERED:
+        try:
+            from .world import model as world_model
+        except ImportError:  # world package not present in a stripped install
+            return
+        world_model.register()
+
+
+@dataclass
+class ClipBundle:
+    """A loaded CLIP model with everything needed to use it.
+
+    Attributes:
+        model: the open_clip model (eval mode, on ``device``).
+        tokenizer: callable ``list[str] -> LongTensor [B, L]``.
+        eval_transform: PIL image -> tensor ``[3, S, S]`` (resize + center crop).
+        image_size: input resolution ``S``.
+        mean / std: normalisation constants of the model.
+        model_name / pretrained: the source, as recorded in checkpoints and results.
+    """
+
+    model: nn.Module
+    tokenizer: Callable[..., torch.Tensor]
+    eval_transform: Callable[[Any], torch.Tensor]
+    image_size: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    model_name: str
+    pretrained: Optional[str]
+
+    def train_transform(self, scale: Tuple[float, float] = (0.08, 1.0), flip: bool = False) -> Callable[[Any], torch.Tensor]:
+        """Training augmentation: RandomResizedCrop(S, scale, bicubic) [+ horizontal flip]."""
+        return make_train_transform(self.image_size, self.mean, self.std, scale=scale, flip=flip)
+
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's temperature ``τ = exp(logit_scale)`` as a float."""
+        return float(self.model.logit_scale.detach().exp().item())
+
+
+def make_eval_transform(size: int, mean, std) -> Callable[[Any], torch.Tensor]:
+    """Resize(size, bicubic) + CenterCrop(size) + normalise (the CLIP test transform)."""
+    return T.Compose([
+        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(size),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def make_train_transform(size: int, mean, std, scale=(0.08, 1.0), flip: bool = False) -> Callable[[Any], torch.Tensor]:
+    """RandomResizedCrop(size, scale, bicubic) [+ flip] + normalise."""
+    ops = [T.RandomResizedCrop(size, scale=tuple(scale), interpolation=T.InterpolationMode.BICUBIC)]
+    if flip:
+        ops.append(T.RandomHorizontalFlip())
+    ops += [T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(ops)
+
+
+def list_models() -> list:
+    """Every model name load_clip accepts without a path (open_clip's and ours)."""
+    import open_clip
+
+    _ensure_builtin_models()
+    return sorted(set(open_clip.list_models()) | set(_REGISTERED))
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
+        "FDALIGN_OFFLINE", "0"
+    ).lower() in ("1", "true", "yes")
+
+
+def _resolve_source(model: str, pretrained: Optional[str]) -> Tuple[str, Optional[str]]:
+    """Map (model, pretrained) to what open_clip's create_model needs, or raise clearly."""
+    import open_clip
+
+    if model.startswith("local-dir:") or Path(model).is_dir():
+        path = Path(model[len("local-dir:"):] if model.startswith("local-dir:") else model)
+        if not (path / "open_clip_config.json").is_file():
+            raise CheckpointError(
+                f"model directory {path} has no open_clip_config.json; a local model directory needs "
+                "open_clip_config.json plus a weights file (open_clip_model.safetensors or open_clip_pytorch_model.bin)"
+            )
+        return f"local-dir:{path}", None
+    _ensure_builtin_models()
+    if model not in open_clip.list_models() and model not in _REGISTERED:
+        raise ConfigError(
+            f"unknown model {model!r}; pass an open_clip model name (see `python -c \"import open_clip; "
+            f"print(open_clip.list_models())\"`), a local model directory, or {DEFAULT_MODEL!r}"
+        )
+    if pretrained is None or pretrained == "":
+        return model, None
+    if model in _PRETRAINED and pretrained in _PRETRAINED[model]:
+        src = _PRETRAINED[model][pretrained]
+        path = Path(src() if callable(src) else src)
+        if not path.is_file():
+            raise CheckpointError(f"packaged weights for {model}/{pretrained} are missing: {path}")
+        return model, str(path)
+    if Path(pretrained).expanduser().exists() or os.sep in pretrained or pretrained.endswith(
+        (".pt", ".pth", ".bin", ".safetensors")
+    ):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"pretrained weights file not found: {path}")
+        return model, str(path)
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        valid = ", ".join(tags + sorted(_PRETRAINED.get(model, {}))) or "(none)"
+        raise ConfigError(f"unknown pretrained tag {pretrained!r} for {model}; valid tags: {valid}, or a local weights file")
+    return model, pretrained
+
+
+def load_clip(
+    model: str = DEFAULT_MODEL,
+    pretrained: Optional[str] = DEFAULT_PRETRAINED,
+    device: Union[str, torch.device] = "cpu",
+    cache_dir: Optional[str] = None,
+) -> ClipBundle:
+    """Load a CLIP model with its transforms and tokenizer.
+
+    Args:
+        model: open_clip model name, registered config name, ``local-dir:PATH`` or a
+            directory path.
+        pretrained: open_clip pretrained tag, a local weights file (``.bin``, ``.pt``,
+            ``.safetensors``), a tag registered with :func:`register_model_config`, or
+            ``None`` for random initialisation. Ignored for model directories.
+        device: where to put the model.
+        cache_dir: open_clip's download cache.
+
+    Returns:
+        A :class:`ClipBundle`; the model is in eval mode.
+
+    Raises:
+        ConfigError: unknown model name or pretrained tag.
+        CheckpointError: missing or incompatible local weights, or hub weights that
+            cannot be fetched (offline).
+    """
+    import open_clip
+
+    if model == DEFAULT_MODEL and pretrained is None:
+        pretrained = None  # explicit random init of the world architecture is allowed
+    name, src = _resolve_source(model, pretrained)
+    is_hub_tag = src is not None and not Path(src).is_file()
+    if is_hub_tag and _offline():
+        raise CheckpointError(
+            f"cannot fetch pretrained weights {model}/{pretrained}: hub downloads are disabled (HF_HUB_OFFLINE=1). "
+            f"Download the weights on a machine with internet and pass the file: --model {model} --pretrained /path/to/weights"
+        )
+    try:
+        net, _, _ = open_clip.create_model_and_transforms(name, pretrained=src, device=device, cache_dir=cache_dir)
+    except FDAlignError:
+        raise
+    except RuntimeError as exc:
+        msg = str(exc)
+        if "size mismatch" in msg or "Missing key" in msg or "Unexpected key" in msg:
+            raise CheckpointError(
+                f"weights {src} do not fit architecture {model}: {msg.splitlines()[0][:300]}"
+            ) from None
+        if is_hub_tag:
+            raise CheckpointError(
+                f"cannot fetch pretrained weights {model}/{pretrained} ({msg.splitlines()[0][:200]}); "
+                f"pass a local file instead: --pretrained /path/to/weights"
+            ) from None
+        raise
+    except (OSError, ValueError) as exc:
+        if is_hub_tag:
+            raise CheckpointError(
+                f"cannot fetch pretrained weights {model}/{pretrained} ({type(exc).__name__}: {str(exc)[:200]}); "
+                f"pass a local file instead: --pretrained /path/to/weights"
+            ) from None
+        raise CheckpointError(f"cannot load model {model} from {src}: {type(exc).__name__}: {str(exc)[:300]}") from None
+    except Exception as exc:  # pickle / safetensors header errors on corrupt files
+        if src is not None and Path(src).is_file():
+            raise CheckpointError(f"cannot read weights file {src}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        raise
+    net.eval()
+    pcfg = getattr(net.visual, "preprocess_cfg", {}) or {}
+    size = pcfg.get("size", getattr(net.visual, "image_size", 224))
+    if isinstance(size, (tuple, list)):
+        size = size[0]
+    mean = tuple(pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(pcfg.get("std", open_clip.OPENAI_DATASET_STD))
+    tokenizer = open_clip.get_tokenizer(name)
+    return ClipBundle(
+        model=net,
+        tokenizer=tokenizer,
+        eval_transform=make_eval_transform(int(size), mean, std),
+        image_size=int(size),
+        mean=mean,
+        std=std,
+        model_name=model,
+        pretrained=pretrained,
+    )
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """SHA-256 (first 16 hex digits) over a module's parameters and buffers, by name.
+
+    Used to key feature caches: any change to the weights changes the fingerprint.
+    """
+    h = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

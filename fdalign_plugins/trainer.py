@@ -1,0 +1,445 @@
+"""The FD-Align fine-tuner: trains CLIP's image encoder (SPEC §1).
+
+The text encoder stays frozen; class and spurious prototypes are computed once. A frozen
+copy of the original image encoder sees the same augmented batch under ``no_grad`` and
+gives the reference spurious distribution. ``beta = 0`` is plain full fine-tuning (the
+frozen forward is then skipped).
+
+Determinism: every epoch re-seeds torch from ``(seed, epoch)`` before drawing its batch
+order and augmentations, so a run resumed from the state saved after epoch ``e``
+continues exactly as the uninterrupted run would on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import __version__
+from .checkpoint import atomic_torch_save, read_encoder, save_encoder, WEIGHTS_NAME
+from .config import FinetuneConfig, to_dict
+from .datasets.base import ImageSplit
+from .errors import CheckpointError, DataError, TrainingError
+from .losses import class_loss, cosine_logits, spurious_kl, total_loss
+from .models import ClipBundle, state_fingerprint
+from .prompts import class_prototypes, encode_prompts, normalise, resolve_templates, spurious_prototypes
+from .spc import SPCResult, spurious_prototype_correction
+
+STATE_NAME = "train_state.pt"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA if available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise TrainingError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
+class SplitDataset(Dataset):
+    """An :class:`ImageSplit` as a torch dataset of ``(image tensor, label)``."""
+
+    def __init__(self, split: ImageSplit, transform: Callable):
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.split.load(i)), int(self.split.labels[i])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The torch seed of one epoch: a fixed function of (run seed, epoch)."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2**63 - 1)
+
+
+def make_loader(split: ImageSplit, transform: Callable, batch_size: int, seed: int, epoch: int, workers: int = 0) -> DataLoader:
+    """The shuffled training loader of one epoch; seeds torch's global RNG for the epoch.
+
+    Augmentations run in the main process (``workers=0``) from the global RNG, or in
+    workers seeded from the loader's generator; both are fixed by ``(seed, epoch)``.
+    """
+    torch.manual_seed(epoch_seed(seed, epoch))
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return DataLoader(
+        SplitDataset(split, transform),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=g,
+        num_workers=workers,
+        drop_last=False,
+    )
+
+
+@torch.no_grad()
+def encode_images(visual: nn.Module, split: ImageSplit, transform: Callable, batch_size: int = 256,
+                  device: Optional[torch.device] = None, workers: int = 0) -> torch.Tensor:
+    """Image features ``[N, D]`` (raw, not normalised) of a split with a fixed transform."""
+    device = device or next(visual.parameters()).device
+    was_training = visual.training
+    visual.eval()
+    loader = DataLoader(SplitDataset(split, transform), batch_size=batch_size, shuffle=False, num_workers=workers)
+    out = [visual(x.to(device)).float().cpu() for x, _ in loader]
+    visual.train(was_training)
+    if not out:
+        return torch.zeros(0, 0)
+    return torch.cat(out)
+
+
+@dataclass
+class TextPrototypes:
+    """Frozen text side of FD-Align.
+
+    Attributes:
+        class_protos: ``mu_class`` ``[C, D]``.
+        spur_protos: spurious prototypes after SPC ``[k, D]`` (or all ``[M, D]``).
+        templates: the M templates the spurious prototypes came from.
+        spc: what SPC kept (``None`` if SPC is off).
+    """
+
+    class_protos: torch.Tensor
+    spur_protos: torch.Tensor
+    templates: List[str]
+    spc: Optional[SPCResult]
+
+
+def text_prototypes(bundle: ClipBundle, classnames: Sequence[str], cfg: FinetuneConfig) -> TextPrototypes:
+    """Class prototypes, spurious prototypes and SPC from the frozen text encoder."""
+    templates = resolve_templates(cfg.templates)
+    feats = encode_prompts(bundle.model, bundle.tokenizer, classnames, templates)  # [M, C, D]
+    cls = class_prototypes(feats)
+    spur = spurious_prototypes(feats)
+    spc = None
+    if cfg.spc and (cfg.spc_keep or cfg.spc_k):
+        spc = spurious_prototype_correction(
+            spur, n_keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.seed, renormalise=cfg.spc_renormalise
+        )
+        spur = spc.prototypes
+    return TextPrototypes(cls.float(), spur.float(), templates, spc)
+
+
+def fdalign_losses(
+    visual: nn.Module,
+    frozen: Optional[nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    protos: TextPrototypes,
+    tau: float,
+    cfg: FinetuneConfig,
+    head: Optional[nn.Linear] = None,
+) -> Dict[str, torch.Tensor]:
+    """One batch's ``L_class``, ``L_spurious`` and total loss.
+
+    With ``cfg.beta == 0`` the frozen encoder is not run and ``L_spurious`` is 0.
+    """
+    feats = visual(images)  # [B, D]
+    if head is not None:
+        l_class = nn.functional.cross_entropy(head(normalise(feats)), labels)
+    else:
+        l_class = class_loss(feats, labels, protos.class_protos, tau)
+    if cfg.beta > 0 and frozen is not None:
+        with torch.no_grad():
+            feats0 = frozen(images)  # [B, D]
+        l_spur = spurious_kl(feats, feats0, protos.spur_protos, tau, cfg.kl_direction)
+    else:
+        l_spur = torch.zeros((), device=feats.device)
+    return {"class": l_class, "spurious": l_spur, "total": total_loss(l_class, l_spur, cfg.alpha, cfg.beta)}
+
+
+def cosine_lambda(total_iters: int, warmup_iters: int = 0) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up then cosine to 0, stepped per iteration."""
+    def f(it: int) -> float:
+        if warmup_iters and it < warmup_iters:
+            return (it + 1) / warmup_iters
+        span = max(1, total_iters - warmup_iters)
+        return 0.5 * (1.0 + math.cos(math.pi * min(it - warmup_iters, span) / span))
+    return f
+
+
+@dataclass
+class FinetuneResult:
+    """Output of :func:`finetune`.
+
+    Attributes:
+        visual: the fine-tuned image encoder (best epoch loaded).
+        head: the trained linear head (``cfg.head == "linear"``), else ``None``.
+        history: one dict per epoch: ``epoch, l_class, l_spurious, loss, val_acc, lr, seconds``.
+        best_epoch: the epoch whose weights were kept (1-based).
+        protos: the text prototypes used.
+        checkpoint: the written ``encoder.safetensors`` (if ``out_dir`` was given).
+        metadata: the sidecar content.
+    """
+
+    visual: nn.Module
+    head: Optional[nn.Linear]
+    history: List[Dict[str, Any]]
+    best_epoch: int
+    protos: TextPrototypes
+    checkpoint: Optional[Path] = None
+    metadata: Dict[str, Any] = field(default_factory=dict)
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(-1) == labels).float().mean().item() * 100.0) if len(labels) else float("nan")
+
+
+def _config_diff(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
+    ignore = {"device", "workers", "amp"}
+    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+
+
+def finetune(
+    bundle: ClipBundle,
+    support: ImageSplit,
+    classnames: Sequence[str],
+    cfg: FinetuneConfig,
+    val: Optional[ImageSplit] = None,
+    out_dir: Optional[Path] = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    extra_metadata: Optional[Dict[str, Any]] = None,
+    stop_after_epoch: Optional[int] = None,
+) -> FinetuneResult:
+    """Fine-tune ``bundle.model.visual`` with FD-Align on a few-shot support set.
+
+    Args:
+        bundle: the CLIP model (modified in place: its ``visual`` is trained).
+        support: the K-shot training images, labels indexing ``classnames``.
+        classnames: class names in label order.
+        cfg: resolved :class:`FinetuneConfig`.
+        val: few-shot validation split for best-epoch selection (``None``: last epoch).
+        out_dir: where the training state (each epoch) and the final checkpoint go.
+        resume: continue from ``out_dir/train_state.pt`` if present.
+        progress: show a progress bar.
+        log: receives one line per epoch.
+        extra_metadata: more sidecar fields (e.g. support indices).
+        stop_after_epoch: stop (without writing the final checkpoint) after this
+            epoch, as an interruption would; used to test resume.
+
+    Returns:
+        A :class:`FinetuneResult`.
+
+    Raises:
+        TrainingError: NaN / infinite loss (naming epoch and step) or a bad device.
+        CheckpointError: a saved training state from another config.
+    """
+    cfg.validate()
+    if len(support) == 0:
+        raise DataError("the few-shot support set is empty")
+    device = resolve_device(cfg.device)
+    model = bundle.model.to(device)
+    model.eval()
+    tau = bundle.logit_scale
+    protos = text_prototypes(bundle, classnames, cfg)
+    protos = TextPrototypes(protos.class_protos.to(device), protos.spur_protos.to(device), protos.templates, protos.spc)
+
+    visual = model.visual
+    frozen = copy.deepcopy(visual).eval().requires_grad_(False) if cfg.beta > 0 else None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    visual.requires_grad_(True)
+    head = None
+    if cfg.head == "linear":
+        head = nn.Linear(protos.class_protos.shape[1], protos.class_protos.shape[0]).to(device)
+        with torch.no_grad():
+            head.weight.copy_(tau * protos.class_protos)
+            head.bias.zero_()
+    params = list(visual.parameters()) + (list(head.parameters()) if head is not None else [])
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                              weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batches = math.ceil(len(support) / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total_steps, cfg.warmup_iters))
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    train_tf = bundle.train_transform(scale=cfg.aug_scale, flip=False)
+    cfg_dict = to_dict(cfg)
+
+    history: List[Dict[str, Any]] = []
+    best = {"epoch": 0, "acc": -1.0, "visual": None, "head": None}
+    start_epoch = 1
+    state_path = Path(out_dir) / STATE_NAME if out_dir is not None else None
+    if resume and state_path is not None and state_path.is_file():
+        try:
+            state = torch.load(state_path, map_location=device, weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"cannot read training state {state_path} ({type(exc).__name__}); delete it to start over") from None
+        diff = _config_diff(state.get("config", {}), cfg_dict)
+        if diff:
+            raise CheckpointError(
+                f"training state {state_path} was made with another config ({'; '.join(diff[:3])}); "
+                "use a new output folder or run without --resume"
+            )
+        visual.load_state_dict(state["visual"])
+        if head is not None and state.get("head") is not None:
+            head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        history = list(state["history"])
+        best = state["best"]
+        start_epoch = int(state["epoch"]) + 1
+        log(f"resuming from {state_path} after epoch {start_epoch - 1}")
+
+    val_x = None
+    if val is not None and len(val) > 0:
+        eval_loader = DataLoader(SplitDataset(val, bundle.eval_transform), batch_size=256, shuffle=False)
+        val_x = [(x.to(device), y.to(device)) for x, y in eval_loader]
+
+    def val_accuracy() -> float:
+        if val_x is None:
+            return float("nan")
+        visual.eval()
+        correct = 0
+        n = 0
+        with torch.no_grad(), torch.autocast("cuda", enabled=use_amp):
+            for x, y in val_x:
+                f = visual(x).float()
+                logits = head(normalise(f)) if head is not None else cosine_logits(f, protos.class_protos, tau)
+                correct += int((logits.argmax(-1) == y).sum())
+                n += len(y)
+        visual.train()
+        return 100.0 * correct / n
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=(start_epoch - 1) * steps_per_epoch, desc="fine-tune", unit="step",
+               disable=not progress, leave=False)
+    t_start = time.time()
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.time()
+        visual.train()
+        if head is not None:
+            head.train()
+        loader = make_loader(support, train_tf, cfg.batch_size, cfg.seed, epoch, cfg.workers)
+        sums = {"class": 0.0, "spurious": 0.0, "total": 0.0}
+        seen = 0
+        opt.zero_grad(set_to_none=True)
+        for b, (x, y) in enumerate(loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast("cuda", enabled=use_amp):
+                losses = fdalign_losses(visual, frozen, x, y, protos, tau, cfg, head)
+            loss = losses["total"]
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingError(
+                    f"loss became {loss.item()} at epoch {epoch}, step {b + 1} "
+                    f"(L_class={losses['class'].item():.4g}, L_spurious={losses['spurious'].item():.4g}); "
+                    "lower the learning rate (lr) or set grad_clip"
+                )
+            scaler.scale(loss / cfg.grad_accum).backward()
+            if (b + 1) % cfg.grad_accum == 0 or b + 1 == batches:
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+                bar.update(1)
+            for k in sums:
+                sums[k] += float(losses[k].detach()) * len(y)
+            seen += len(y)
+        acc = val_accuracy()
+        rec = {
+            "epoch": epoch,
+            "l_class": sums["class"] / seen,
+            "l_spurious": sums["spurious"] / seen,
+            "loss": sums["total"] / seen,
+            "val_acc": acc,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.time() - t0,
+        }
+        history.append(rec)
+        improved = cfg.select == "last" or val_x is None or acc > best["acc"]
+        if improved:
+            best = {
+                "epoch": epoch,
+                "acc": acc if acc == acc else -1.0,
+                "visual": {k: v.detach().clone() for k, v in visual.state_dict().items()},
+                "head": {k: v.detach().clone() for k, v in head.state_dict().items()} if head is not None else None,
+            }
+        log(
+            f"epoch {epoch}/{cfg.epochs}  L_class {rec['l_class']:.4f}  L_spurious {rec['l_spurious']:.4f}  "
+            f"val {acc:.2f}%{'  *' if improved and val_x is not None else ''}"
+        )
+        if state_path is not None:
+            atomic_torch_save(
+                {
+                    "epoch": epoch,
+                    "visual": visual.state_dict(),
+                    "head": head.state_dict() if head is not None else None,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict() if use_amp else None,
+                    "history": history,
+                    "best": best,
+                    "config": cfg_dict,
+                },
+                state_path,
+            )
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
+            bar.close()
+            raise KeyboardInterrupt(f"stopped after epoch {epoch} (stop_after_epoch)")
+    bar.close()
+
+    if best["visual"] is not None:
+        visual.load_state_dict(best["visual"])
+        if head is not None and best["head"] is not None:
+            head.load_state_dict(best["head"])
+    visual.eval().requires_grad_(False)
+    meta: Dict[str, Any] = {
+        "model": bundle.model_name,
+        "pretrained": bundle.pretrained,
+        "dataset": cfg.dataset,
+        "shots": cfg.shots,
+        "seed": cfg.seed,
+        "config": cfg_dict,
+        "classnames": list(classnames),
+        "templates": protos.templates,
+        "spc": None if protos.spc is None else {
+            "kept_indices": protos.spc.kept,
+            "kept_templates": [protos.templates[i] for i in protos.spc.kept],
+            "num_prototypes": int(protos.spur_protos.shape[0]),
+        },
+        "history": history,
+        "best_epoch": best["epoch"],
+        "best_val_acc": best["acc"] if val_x is not None else None,
+        "logit_scale": tau,
+        "image_size": bundle.image_size,
+        "encoder_fingerprint": state_fingerprint(visual),
+        "train_seconds": time.time() - t_start,
+        "package_version": __version__,
+    }
+    if extra_metadata:
+        meta.update(extra_metadata)
+    ckpt = None
+    if out_dir is not None:
+        extra = {"spurious_prototypes": protos.spur_protos, "class_prototypes": protos.class_protos}
+        if head is not None:
+            extra.update({"head.weight": head.weight, "head.bias": head.bias})
+        ckpt = save_encoder(visual, Path(out_dir) / WEIGHTS_NAME, meta, extra)
+        if state_path is not None and state_path.exists():
+            state_path.unlink()
+    return FinetuneResult(visual, head, history, best["epoch"], protos, ckpt, meta)

@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny open_clip model built from a config (no downloads) and a
+tiny folder-per-class image set."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("FDALIGN_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+TINY_WIDE_CFG = {
+    "embed_dim": 48,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 96, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def _register():
+    from fdalign_plugins.models import register_model_config
+
+    register_model_config("fdalign-test-tiny", TINY_CFG)
+    register_model_config("fdalign-test-tiny-wide", TINY_WIDE_CFG)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_name():
+    _register()
+    return "fdalign-test-tiny"
+
+
+@pytest.fixture()
+def tiny_bundle(tiny_model_name):
+    """A fresh, seeded, randomly initialised tiny CLIP (identical every time)."""
+    from fdalign_plugins.models import load_clip
+
+    torch.manual_seed(0)
+    return load_clip(tiny_model_name, None)
+
+
+CLASSES = ["red square", "green circle", "blue cross"]
+
+
+def draw(cls: int, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """A small synthetic image whose colour and shape depend on the class."""
+    img = np.full((size, size, 3), 30, dtype=np.uint8)
+    img += rng.integers(0, 40, size=(size, size, 3), dtype=np.uint8)
+    c = [(220, 40, 40), (40, 200, 60), (50, 80, 230)][cls % 3]
+    yy, xx = np.mgrid[:size, :size]
+    cx, cy = rng.integers(10, size - 10, size=2)
+    if cls % 3 == 0:
+        mask = (abs(xx - cx) < 7) & (abs(yy - cy) < 7)
+    elif cls % 3 == 1:
+        mask = (xx - cx) ** 2 + (yy - cy) ** 2 < 49
+    else:
+        mask = (abs(xx - cx) < 2) | (abs(yy - cy) < 2)
+    img[mask] = c
+    return Image.fromarray(img)
+
+
+def make_image_folder(root: Path, per_class: int = 8, seed: int = 0, classes=CLASSES) -> Path:
+    rng = np.random.default_rng(seed)
+    for i, name in enumerate(classes):
+        d = root / name.replace(" ", "_")
+        d.mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            draw(i, rng).save(d / f"{j:03d}.png")
+    return root
+
+
+@pytest.fixture()
+def image_folder(tmp_path):
+    return make_image_folder(tmp_path / "images")
