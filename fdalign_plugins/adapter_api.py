@@ -1,0 +1,564 @@
+"""The public, typed contract between the runner and adapter plugins.
+
+An adapter turns features into logits. The runner owns images, encoders and caching;
+it hands an adapter a :class:`FewShotTask` (support features as ``V`` augmented views,
+the text classifier, validation features) and later asks it for logits on test
+features. Adapters never see images, and never see test features before ``fit`` has
+returned — so nothing can be selected on test data.
+
+A plugin registers an :class:`AdapterSpec` through the ``fdalign_register_adapters``
+hook (see :mod:`fdalign_plugins.hookspecs`). The usual way is to subclass
+:class:`Adapter`, declare the class attributes, and register ``MyAdapter.spec()``.
+
+This module also holds the formula pieces every adapter shares — one function per
+formula: :func:`normalise`, :func:`build_cache_keys`, :func:`one_hot`,
+:func:`zero_shot_logits`, :func:`cache_logits`, and (from :mod:`fdalign_plugins.search`)
+:func:`affinity_kernel`, :func:`class_sum` and the vectorised :func:`search_cache_grid`
+— plus :func:`train_on_views`, the training loop of the adapters that train.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import ConfigError, DataError, FDAlignError
+from .search import (
+    GridAxis,
+    SearchResult,
+    affinity_kernel,
+    class_sum,
+    count_correct,
+    grid_values,
+    search_cache_grid,
+)
+
+__all__ = [
+    "Adapter",
+    "AdapterSpec",
+    "DatasetSpec",
+    "EpochRecord",
+    "FewShotTask",
+    "GridAxis",
+    "SearchResult",
+    "TrainResult",
+    "affinity_kernel",
+    "build_cache_keys",
+    "cache_logits",
+    "class_sum",
+    "count_correct",
+    "grid_values",
+    "normalise",
+    "one_hot",
+    "resolve_hparams",
+    "scale_channel_count",
+    "search_cache_grid",
+    "train_on_views",
+    "zero_shot_logits",
+]
+
+#: The logit scale of the zero-shot term (CLIP's τ for the OpenAI checkpoints).
+ZERO_SHOT_SCALE = 100.0
+
+
+def _frozen(mapping: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Registry metadata of one adapter.
+
+    Attributes:
+        name: registry name, e.g. ``"tip-f"``; unique across all installed plugins.
+        summary: one line for listings.
+        trains: whether ``fit`` runs gradient training (Tip-F, APE-T) or not.
+        factory: ``factory(**hparams) -> Adapter``; usually the :class:`Adapter` subclass.
+        defaults: every hyper-parameter with its generic default; the keys are the
+            valid hyper-parameter names.
+        dataset_defaults: overrides per dataset name (the SPEC table), e.g.
+            ``{"eurosat": {"beta_scale": 12, "alpha_scale": 10}}``.
+        search_space: the hyper-parameters searched on validation, each a
+            :class:`GridAxis` naming the hyper-parameters that hold its scale and step
+            count, e.g. ``{"beta": GridAxis("beta_scale", "beta_steps", 0.1)}``.
+        distribution: the installed distribution the plugin came from; filled in by
+            the plugin manager (leave empty when registering).
+    """
+
+    name: str
+    summary: str
+    trains: bool
+    factory: Callable[..., "Adapter"]
+    defaults: Mapping[str, Any]
+    dataset_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    search_space: Mapping[str, Any] = field(default_factory=dict)
+    distribution: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "defaults", _frozen(self.defaults))
+        object.__setattr__(
+            self, "dataset_defaults", _frozen({k: _frozen(v) for k, v in dict(self.dataset_defaults).items()})
+        )
+        object.__setattr__(self, "search_space", _frozen(self.search_space))
+
+    def resolve(self, dataset: str, explicit: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+        """Hyper-parameters for ``dataset``: explicit > per-dataset default > default."""
+        return resolve_hparams(self.defaults, self.dataset_defaults, dataset, explicit or {})
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Registry metadata of one dataset.
+
+    Attributes:
+        name: registry name, e.g. ``"eurosat"``; also the key of adapters' per-dataset
+            defaults.
+        summary: one line for listings.
+        build: ``build(root: Path | None, **options) -> FewShotDataset``
+            (:class:`fdalign_plugins.datasets.base.FewShotDataset`).
+        needs_root: whether ``build`` needs a data folder (``False`` for synthetic data).
+        distribution: filled in by the plugin manager.
+    """
+
+    name: str
+    summary: str
+    build: Callable[..., Any]
+    needs_root: bool = True
+    distribution: str = ""
+
+
+# --------------------------------------------------------------------------- task
+
+
+@dataclass
+class FewShotTask:
+    """Everything an adapter may use to fit: features only, never test data.
+
+    Attributes:
+        support: ``[V, N, D]`` raw (not normalised) image features of ``V`` augmented
+            views of the ``N`` support images.
+        support_labels: ``[N]`` int64 class of each support image.
+        classifier: ``[D, C]`` text classifier, columns L2-normalised.
+        val_features: ``[Nv, D]`` L2-normalised validation features.
+        val_labels: ``[Nv]`` int64 validation labels.
+        dataset: dataset name (selects per-dataset hyper-parameter defaults).
+        shots: shots per class ``K``.
+        seed: seed of the few-shot draw; adapters seed their own randomness from it.
+    """
+
+    support: Tensor
+    support_labels: Tensor
+    classifier: Tensor
+    val_features: Tensor
+    val_labels: Tensor
+    dataset: str
+    shots: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.support.dim() != 3:
+            raise DataError(f"support features must be [V, N, D], got shape {tuple(self.support.shape)}")
+        views, num, dim = self.support.shape
+        if views < 1 or num < 1:
+            raise DataError(f"support features need at least one view and one image, got {tuple(self.support.shape)}")
+        if self.classifier.dim() != 2 or self.classifier.shape[0] != dim:
+            raise DataError(f"classifier must be [D={dim}, C], got shape {tuple(self.classifier.shape)}")
+        if tuple(self.support_labels.shape) != (num,):
+            raise DataError(f"support_labels must be [N={num}], got shape {tuple(self.support_labels.shape)}")
+        if self.val_features.dim() != 2 or self.val_features.shape[1] != dim:
+            raise DataError(f"val_features must be [Nv, D={dim}], got shape {tuple(self.val_features.shape)}")
+        if self.val_features.shape[0] < 1:
+            raise DataError("the validation set is empty; adapters select hyper-parameters on it")
+        if tuple(self.val_labels.shape) != (self.val_features.shape[0],):
+            raise DataError(
+                f"val_labels must be [Nv={self.val_features.shape[0]}], got shape {tuple(self.val_labels.shape)}"
+            )
+        self.support_labels = self.support_labels.long()
+        self.val_labels = self.val_labels.long()
+        for what, lbl in (("support_labels", self.support_labels), ("val_labels", self.val_labels)):
+            if lbl.numel() and (int(lbl.min()) < 0 or int(lbl.max()) >= self.num_classes):
+                raise DataError(f"{what} must lie in [0, {self.num_classes}), got [{int(lbl.min())}, {int(lbl.max())}]")
+
+    @property
+    def num_classes(self) -> int:
+        """``C``, the number of columns of the classifier."""
+        return int(self.classifier.shape[1])
+
+    @property
+    def feature_dim(self) -> int:
+        """``D``, the feature width."""
+        return int(self.classifier.shape[0])
+
+    @property
+    def num_views(self) -> int:
+        """``V``, the number of augmented views of the support set."""
+        return int(self.support.shape[0])
+
+    def work_dtype(self) -> torch.dtype:
+        """float64 if the support features are float64, else float32 (fp16 is upcast)."""
+        return torch.float64 if self.support.dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------- formulas
+
+
+def normalise(x: Tensor, dim: int = -1) -> Tensor:
+    """``x / ||x||`` along ``dim`` (a zero vector stays zero instead of becoming NaN)."""
+    return x / x.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def build_cache_keys(support: Tensor) -> Tensor:
+    """Cache keys ``F``: mean of the ``V`` raw views per image, then L2-normalised.
+
+    Args:
+        support: ``[V, N, D]`` raw features.
+
+    Returns:
+        ``[N, D]`` L2-normalised keys.
+    """
+    return normalise(support.mean(dim=0))
+
+
+def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Cache values ``L``: ``[N, C]`` one-hot rows of ``labels`` (``[N]`` int64)."""
+    return F.one_hot(labels.long(), num_classes).to(dtype)
+
+
+def zero_shot_logits(features: Tensor, classifier: Tensor) -> Tensor:
+    """``100 · f W``: ``[B, D] @ [D, C] -> [B, C]``."""
+    return ZERO_SHOT_SCALE * features @ classifier
+
+
+def cache_logits(
+    affinity: Tensor,
+    labels: Tensor,
+    alpha: float,
+    beta: float,
+    values: Optional[Tensor] = None,
+    *,
+    num_classes: int,
+) -> Tensor:
+    """The residual cache term ``α · exp(−β (1 − A)) (L ⊙ values)``.
+
+    ``L`` is the one-hot matrix of ``labels``; the product with it is computed as a
+    per-class sum over cache entries (:func:`class_sum`). Differentiable.
+
+    Args:
+        affinity: ``[B, NK]`` affinities of ``B`` features with the ``NK`` cache keys.
+        labels: ``[NK]`` int64 class of each cache entry.
+        alpha: residual weight α.
+        beta: sharpness β.
+        values: optional ``[NK]`` per-entry value weights (APE's ``R``, APE-T's ``w``).
+        num_classes: ``C``.
+
+    Returns:
+        ``[B, C]`` cache logits.
+    """
+    return class_sum(affinity_kernel(affinity, beta), labels, num_classes, values=values) * alpha
+
+
+def scale_channel_count(q: int, dim: int, ref_dim: int = 1024) -> int:
+    """A channel count quoted for ``ref_dim``-wide features, scaled to ``dim``.
+
+    ``round(q · dim / ref_dim)`` clipped to ``[1, dim]`` (APE's Q values in the SPEC
+    table are for RN50's 1024 channels).
+    """
+    return int(min(max(int(round(q * dim / ref_dim)), 1), dim))
+
+
+def resolve_hparams(
+    defaults: Mapping[str, Any],
+    dataset_defaults: Mapping[str, Mapping[str, Any]],
+    dataset: str,
+    explicit: Mapping[str, Any],
+) -> Dict[str, Any]:
+    """Resolve hyper-parameters: explicit > ``dataset_defaults[dataset]`` > ``defaults``.
+
+    The dataset name is matched exactly, then lower-cased with ``-`` read as ``_``;
+    an unknown dataset gets the generic defaults.
+
+    Raises:
+        ConfigError: an explicit name that is not a known hyper-parameter.
+    """
+    unknown = sorted(set(explicit) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"unknown hyper-parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(defaults)) or '(none)'}"
+        )
+    key = dataset if dataset in dataset_defaults else str(dataset).lower().replace("-", "_")
+    resolved = dict(defaults)
+    resolved.update(dataset_defaults.get(key, {}))
+    resolved.update(explicit)
+    return resolved
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One line of a training history (epoch 0 is the untrained state, without a loss)."""
+
+    epoch: int
+    train_loss: Optional[float]
+    val_correct: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train_on_views`: the chosen epoch and the per-epoch history."""
+
+    best_epoch: int
+    best_val_correct: int
+    history: List[EpochRecord]
+
+
+@torch.no_grad()
+def _count_correct_chunked(forward: Callable[[Tensor], Tensor], features: Tensor, labels: Tensor, chunk: int = 1024) -> int:
+    return sum(count_correct(forward(features[i : i + chunk]), labels[i : i + chunk]) for i in range(0, len(features), chunk))
+
+
+def train_on_views(
+    parameters: Sequence[torch.nn.Parameter],
+    forward: Callable[[Tensor], Tensor],
+    task: FewShotTask,
+    *,
+    epochs: int,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    batch_size: int = 256,
+    dtype: Optional[torch.dtype] = None,
+) -> TrainResult:
+    """Train ``parameters`` with cross-entropy on the cached augmented views.
+
+    Epoch ``e`` trains on view ``e mod V`` of the support set, each feature
+    L2-normalised, in a shuffled order drawn from a local generator seeded with
+    ``task.seed`` (no global RNG is touched), in batches of ``min(batch_size, N)``.
+    AdamW with a cosine schedule stepped per iteration (as the references). After
+    every epoch the validation top-1 is counted; the parameters of the best epoch —
+    epoch 0, the untrained state, included; the earliest on ties — are restored on
+    return. Test features are never involved.
+
+    Args:
+        parameters: the trainable tensors ``forward`` closes over.
+        forward: ``forward(features [B, D]) -> logits [B, C]``.
+        task: the few-shot task (support views, labels, validation set, seed).
+        epochs: number of epochs (0 leaves the parameters untouched).
+        lr: AdamW learning rate.
+        eps: AdamW epsilon.
+        weight_decay: AdamW weight decay.
+        batch_size: maximum batch size.
+        dtype: feature dtype for training (default: ``task.work_dtype()``).
+
+    Returns:
+        The best epoch, its validation correct count and the history.
+    """
+    if epochs < 0:
+        raise ConfigError(f"epochs must be >= 0, got {epochs}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    params = list(parameters)
+    dtype = dtype or task.work_dtype()
+    device = params[0].device if params else task.support.device
+    views = normalise(task.support.to(device=device, dtype=dtype))  # [V, N, D]
+    labels = task.support_labels.to(device)  # [N]
+    val = task.val_features.to(device=device, dtype=dtype)  # [Nv, D]
+    val_labels = task.val_labels.to(device)  # [Nv]
+    num = views.shape[1]
+    bs = min(batch_size, num)
+    iters = math.ceil(num / bs)
+
+    best_correct = _count_correct_chunked(forward, val, val_labels)
+    best_epoch, best_state = 0, [p.detach().clone() for p in params]
+    history = [EpochRecord(0, None, best_correct)]
+    if epochs == 0:
+        return TrainResult(0, best_correct, history)
+
+    optimizer = torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * iters)
+    generator = torch.Generator().manual_seed(int(task.seed))
+    for epoch in range(1, epochs + 1):
+        inputs = views[(epoch - 1) % views.shape[0]]  # [N, D]
+        order = torch.randperm(num, generator=generator).to(device)
+        total_loss = 0.0
+        for start in range(0, num, bs):
+            idx = order[start : start + bs]
+            loss = F.cross_entropy(forward(inputs[idx]), labels[idx])
+            if not torch.isfinite(loss):
+                raise FDAlignError(f"training diverged: loss is {loss.item()} at epoch {epoch}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += float(loss.detach()) * len(idx)
+        correct = _count_correct_chunked(forward, val, val_labels)
+        history.append(EpochRecord(epoch, total_loss / num, correct))
+        if correct > best_correct:
+            best_correct, best_epoch = correct, epoch
+            best_state = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, best in zip(params, best_state):
+            p.copy_(best)
+    return TrainResult(best_epoch, best_correct, history)
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+class Adapter(abc.ABC):
+    """Base class of adapters: created with hyper-parameters, fitted on a task.
+
+    Subclasses set the class attributes and implement :meth:`fit` and :meth:`predict`.
+    ``fit`` must resolve hyper-parameters with :meth:`resolve` (explicit >
+    per-dataset > generic default), build its cache, train if it trains (best epoch on
+    validation), search on validation (:meth:`search_grid` gives the declared grids),
+    and record the values it used with :meth:`record_chosen`. ``predict`` starts with
+    :meth:`check_features`.
+
+    Class attributes:
+        name: registry name.
+        summary: one line for listings.
+        trains: whether ``fit`` trains.
+        defaults: every hyper-parameter with its generic default.
+        dataset_defaults: per-dataset overrides.
+        search_space: searched hyper-parameters (:class:`GridAxis` each).
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    trains: ClassVar[bool] = False
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    dataset_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    search_space: ClassVar[Mapping[str, GridAxis]] = {}
+
+    def __init__(self, **hparams: Any) -> None:
+        """Store explicit hyper-parameters.
+
+        Raises:
+            ConfigError: (an :class:`FDAlignError`) for a name not in ``defaults``,
+                listing the valid ones.
+        """
+        unknown = sorted(set(hparams) - set(self.defaults))
+        if unknown:
+            valid = ", ".join(sorted(self.defaults)) or "(none)"
+            raise ConfigError(f"adapter '{self.name}': unknown hyper-parameter(s) {', '.join(unknown)}; valid: {valid}")
+        self.explicit: Dict[str, Any] = dict(hparams)
+        self.hparams: Dict[str, Any] = {}
+        self.val_accuracy: Optional[float] = None
+        self.feature_dim = 0
+        self.num_classes = 0
+        self._chosen: Optional[Dict[str, Any]] = None
+
+    @classmethod
+    def spec(cls) -> AdapterSpec:
+        """The :class:`AdapterSpec` to register for this class."""
+        return AdapterSpec(
+            name=cls.name,
+            summary=cls.summary,
+            trains=cls.trains,
+            factory=cls,
+            defaults=cls.defaults,
+            dataset_defaults=cls.dataset_defaults,
+            search_space=cls.search_space,
+        )
+
+    def resolve(self, task: FewShotTask) -> Dict[str, Any]:
+        """Resolve and store ``self.hparams`` for ``task.dataset`` (first step of ``fit``).
+
+        Also records the task's feature width and class count, which :meth:`predict`
+        checks its input against.
+        """
+        self.hparams = resolve_hparams(self.defaults, self.dataset_defaults, task.dataset, self.explicit)
+        self.feature_dim = task.feature_dim
+        self.num_classes = task.num_classes
+        self._chosen = None
+        return self.hparams
+
+    @abc.abstractmethod
+    def fit(self, task: FewShotTask) -> "Adapter":
+        """Build the cache, train if the adapter trains, search on validation.
+
+        Args:
+            task: support views, labels, text classifier and validation set.
+
+        Returns:
+            ``self``.
+        """
+
+    @abc.abstractmethod
+    def predict(self, features: Tensor) -> Tensor:
+        """Logits for L2-normalised features.
+
+        Args:
+            features: ``[B, D]`` L2-normalised features.
+
+        Returns:
+            ``[B, C]`` logits.
+        """
+
+    def chosen_hparams(self) -> Dict[str, Any]:
+        """The hyper-parameter values actually used (after search), JSON-serialisable.
+
+        Raises:
+            FDAlignError: before :meth:`fit`.
+        """
+        if self._chosen is None:
+            raise FDAlignError(f"adapter '{self.name}' is not fitted; call fit(task) first")
+        return copy.deepcopy(self._chosen)
+
+    # ---- helpers for subclasses
+
+    def record_chosen(self, values: Mapping[str, Any]) -> None:
+        """Record the hyper-parameters used (last step of ``fit``); marks the adapter fitted.
+
+        Tensors and numpy scalars are converted so the record is JSON-serialisable.
+        """
+        self._chosen = {k: _jsonable(v) for k, v in values.items()}
+
+    def check_features(self, features: Tensor) -> None:
+        """First step of ``predict``: the adapter is fitted and ``features`` is ``[B, D]``.
+
+        Raises:
+            FDAlignError: before ``fit``.
+            DataError: features of another width.
+        """
+        if self._chosen is None:
+            raise FDAlignError(f"adapter '{self.name}' is not fitted; call fit(task) first")
+        dim = self.feature_dim
+        if features.dim() != 2 or features.shape[1] != dim:
+            raise DataError(f"adapter '{self.name}' expects features [B, {dim}], got shape {tuple(features.shape)}")
+
+    def search_grid(self) -> Dict[str, List[float]]:
+        """The grid of every axis of ``search_space`` for the resolved ``self.hparams``."""
+        return {name: axis.values(self.hparams) for name, axis in self.search_space.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
