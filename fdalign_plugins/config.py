@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Uni
 import yaml
 
 from .errors import ConfigError
-from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .models import DEFAULT_MODEL
 
 C = TypeVar("C")
 
@@ -30,7 +30,7 @@ class FinetuneConfig:
 
     # source
     model: str = DEFAULT_MODEL
-    pretrained: Optional[str] = DEFAULT_PRETRAINED
+    pretrained: Optional[str] = None
     dataset: str = "world"
     data_root: Optional[str] = None
     shots: int = 16

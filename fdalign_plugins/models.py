@@ -35,10 +35,16 @@ DEFAULT_PRETRAINED = "world"
 _REGISTERED: Dict[str, Dict[str, Any]] = {}
 #: ``{model_name: {tag: weights_path_or_callable}}`` for registered models.
 _PRETRAINED: Dict[str, Dict[str, Union[str, Path, Callable[[], Path]]]] = {}
+_DEFAULT_TAG: Dict[str, str] = {}
 _CONFIG_DIR: Optional[Path] = None
 
 
-def register_model_config(name: str, config: Mapping[str, Any], pretrained: Optional[Mapping[str, Any]] = None) -> None:
+def register_model_config(
+    name: str,
+    config: Mapping[str, Any],
+    pretrained: Optional[Mapping[str, Any]] = None,
+    default_pretrained: Optional[str] = None,
+) -> None:
     """Register an open_clip architecture config under ``name``.
 
     Args:
@@ -46,6 +52,7 @@ def register_model_config(name: str, config: Mapping[str, Any], pretrained: Opti
         config: open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``).
         pretrained: optional ``{tag: path}`` of local weights files (or zero-argument
             callables returning the path, so that packaged weights resolve lazily).
+        default_pretrained: the tag :func:`load_clip` uses when none is given.
     """
     global _CONFIG_DIR
     import open_clip
@@ -59,6 +66,8 @@ def register_model_config(name: str, config: Mapping[str, Any], pretrained: Opti
     _REGISTERED[name] = dict(config)
     if pretrained:
         _PRETRAINED.setdefault(name, {}).update(pretrained)
+    if default_pretrained:
+        _DEFAULT_TAG[name] = default_pretrained
 
 
 def _ensure_builtin_models() -> None:
@@ -178,7 +187,7 @@ def _resolve_source(model: str, pretrained: Optional[str]) -> Tuple[str, Optiona
 
 def load_clip(
     model: str = DEFAULT_MODEL,
-    pretrained: Optional[str] = DEFAULT_PRETRAINED,
+    pretrained: Optional[str] = None,
     device: Union[str, torch.device] = "cpu",
     cache_dir: Optional[str] = None,
 ) -> ClipBundle:
@@ -188,8 +197,10 @@ def load_clip(
         model: open_clip model name, registered config name, ``local-dir:PATH`` or a
             directory path.
         pretrained: open_clip pretrained tag, a local weights file (``.bin``, ``.pt``,
-            ``.safetensors``), a tag registered with :func:`register_model_config`, or
-            ``None`` for random initialisation. Ignored for model directories.
+            ``.safetensors``) or a tag registered with :func:`register_model_config`;
+            ``None`` takes the model's registered default tag (``world`` for the
+            embedded model), ``"none"`` means random initialisation. Ignored for model
+            directories.
         device: where to put the model.
         cache_dir: open_clip's download cache.
 
@@ -203,8 +214,11 @@ def load_clip(
     """
     import open_clip
 
-    if model == DEFAULT_MODEL and pretrained is None:
-        pretrained = None  # explicit random init of the world architecture is allowed
+    _ensure_builtin_models()
+    if pretrained is None:
+        pretrained = _DEFAULT_TAG.get(model)
+    elif pretrained.lower() == "none":
+        pretrained = None
     name, src = _resolve_source(model, pretrained)
     is_hub_tag = src is not None and not Path(src).is_file()
     if is_hub_tag and _offline():
@@ -213,7 +227,11 @@ def load_clip(
             f"Download the weights on a machine with internet and pass the file: --model {model} --pretrained /path/to/weights"
         )
     try:
-        net, _, _ = open_clip.create_model_and_transforms(name, pretrained=src, device=device, cache_dir=cache_dir)
+        # random initialisation (no weights) is seeded so that runs stay reproducible,
+        # without touching the caller's RNG state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net, _, _ = open_clip.create_model_and_transforms(name, pretrained=src, device=device, cache_dir=cache_dir)
     except FDAlignError:
         raise
     except RuntimeError as exc:

@@ -7,6 +7,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FDALIGN_OFFLINE", "1")
+if "FDALIGN_CACHE" not in os.environ:  # generated worlds go to a throw-away folder, not ~/.cache
+    import tempfile
+
+    os.environ["FDALIGN_CACHE"] = tempfile.mkdtemp(prefix="fdalign-test-cache-")
 
 from pathlib import Path  # noqa: E402
 
@@ -15,7 +19,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # tiny ops: more threads only add contention
 
 TINY_CFG = {
     "embed_dim": 32,

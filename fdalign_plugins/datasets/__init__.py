@@ -27,7 +27,15 @@ def load_dataset(name: str, root: Optional[str] = None, **options: Any) -> FewSh
     spec = get_dataset_spec(name)
     if spec.needs_root and not root:
         raise DataError(f"dataset {name!r} needs a data root: pass --data-root PATH (see docs/datasets.md)")
-    return spec.build(Path(root) if root else None, **options)
+    try:
+        return spec.build(Path(root) if root else None, **options)
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            from ..errors import ConfigError
+
+            bad = str(exc).split("unexpected keyword argument")[-1].strip()
+            raise ConfigError(f"dataset {name!r} does not take the option {bad} (dataset_options)") from None
+        raise
 
 
 def check_images(split: ImageSplit, what: str, limit: Optional[int] = None) -> List[str]:

@@ -7,6 +7,7 @@ tensors; nothing here knows about models.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 from ..errors import DataError
 
 
-class ImageSplit:
+class ImageSplit(abc.ABC):
     """An indexable set of labelled images.
 
     Subclasses implement :meth:`load` and :meth:`identity`. ``labels`` is an int64
@@ -30,13 +31,13 @@ class ImageSplit:
     def __len__(self) -> int:
         return int(len(self.labels))
 
+    @abc.abstractmethod
     def load(self, index: int) -> Image.Image:
         """Return image ``index`` as an RGB PIL image."""
-        raise NotImplementedError  # abstract; every concrete split overrides it
 
+    @abc.abstractmethod
     def identity(self) -> str:
         """A string that changes whenever the split's content changes (for cache keys)."""
-        raise NotImplementedError  # abstract; every concrete split overrides it
 
     def describe(self, index: int) -> str:
         """Human-readable name of one item, used in error messages."""

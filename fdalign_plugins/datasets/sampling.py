@@ -48,6 +48,11 @@ def sample_per_class(
         if banned:
             pool = np.array([i for i in pool if int(i) not in banned], dtype=np.int64)
         if len(pool) == 0:
+            if banned and np.any(labels == c):
+                raise DataError(
+                    f"{what}: class {c} has no images left once the support set is taken; "
+                    "use fewer shots or provide a validation split (a val/ folder)"
+                )
             raise DataError(f"{what}: class {c} has no images to sample from")
         if len(pool) >= shots:
             pick = rng.choice(pool, size=shots, replace=False)

@@ -1,0 +1,141 @@
+"""``fdalign-bench``: adapters with stock CLIP vs with the FD-Align encoder, as a table."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from .common import OneLineParser, run_cli
+
+PROG = "fdalign-bench"
+
+#: flag dest -> BenchConfig key
+FLAG_KEYS = {
+    "adapter": "adapters", "shots": "shots", "seeds": "seeds", "dataset": "dataset", "ood": "ood",
+    "data_root": "data_root", "model": "model", "pretrained": "pretrained", "encoder": "encoder",
+    "device": "device", "workers": "workers", "batch_size": "batch_size", "views": "views",
+    "cache_dir": "cache_dir",
+}
+#: flag dest -> FinetuneConfig key (shortcuts into the config's ``finetune:`` section)
+FINETUNE_FLAGS = {"epochs": "epochs", "lr": "lr", "beta": "beta", "kl_direction": "kl_direction"}
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(
+        prog=PROG,
+        description="Fine-tune CLIP with FD-Align per shot count, rebuild each adapter's cache with the stock and the "
+        "FD-Align image encoder, search on validation, and print baseline vs '+ FD-Align' tables. With no "
+        "arguments: the embedded world model and synthetic world. Precedence: flags > --config YAML > defaults.",
+    )
+    a = p.add_argument
+    a("--adapter", metavar="NAMES", help="adapter name, comma list, or 'all' (default: tip-f); see --list")
+    a("--shots", metavar="K,..", help="shot counts (default: 1,2,4,8,16)")
+    a("--seeds", metavar="S,..", help="few-shot sampling seeds (default: 1)")
+    a("--dataset", metavar="NAME", help="dataset name (default: world); see --list")
+    a("--ood", metavar="NAMES", help="OOD test sets (comma list; default: all the dataset has; '' for none)")
+    a("--data-root", metavar="DIR", help="dataset folder (real datasets)")
+    a("--model", metavar="NAME", help="open_clip model name or local-dir:PATH (default: fdalign-world-tiny)")
+    a("--pretrained", metavar="TAG|FILE", help="open_clip pretrained tag or local weights file")
+    a("--encoder", metavar="PATH|DIR", help="use this FD-Align checkpoint instead of fine-tuning")
+    a("--baselines", action="store_true", default=None, help="also plain full fine-tuning (beta = 0)")
+    a("--config", metavar="YAML", help="YAML file of bench keys (see docs/bench.md)")
+    a("--out", metavar="DIR", help="run folder (default: runs/bench-<dataset>-<config hash>; same command resumes)")
+    a("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N (default: auto)")
+    a("--workers", metavar="N", help="data-loading workers (default: 0)")
+    a("--batch-size", metavar="N", help="feature-extraction batch size (default: 256)")
+    a("--views", metavar="V", help="augmented views of the support set for the adapters' cache (default: 10)")
+    a("--cache-dir", metavar="DIR", help="feature cache folder (default: <out>/cache)")
+    a("--epochs", metavar="N", help="FD-Align fine-tuning epochs (overrides finetune.epochs)")
+    a("--lr", metavar="LR", help="FD-Align learning rate (overrides finetune.lr)")
+    a("--beta", metavar="B", help="weight of the spurious KL (overrides finetune.beta)")
+    a("--kl-direction", metavar="D", help="overview (KL(P_ft||P_0), default) or reference (KL(P_0||P_ft))")
+    a("--list", action="store_true", help="list adapters and datasets with the distribution each came from")
+    a("--report", nargs="*", metavar="RESULTS", help="rebuild tables and plot from results.jsonl file(s)/folder(s) "
+      "without computing; with no paths, from --out")
+    a("--quiet", action="store_true", help="no progress bars or per-record lines")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: _run(args), PROG)
+
+
+def _bench_config(args):
+    from ..config import build_config, read_yaml
+    from ..runner import BenchConfig
+
+    yaml_layer = read_yaml(args.config) if args.config else None
+    flags = {FLAG_KEYS[k]: v for k, v in vars(args).items() if k in FLAG_KEYS and v is not None}
+    if args.baselines:
+        flags["baselines"] = True
+    if "ood" in flags and flags["ood"].strip() == "":
+        flags["ood"] = []
+    ft = {FINETUNE_FLAGS[k]: v for k, v in vars(args).items() if k in FINETUNE_FLAGS and v is not None}
+    if ft:
+        merged = dict((yaml_layer or {}).get("finetune") or {})
+        merged.update(ft)
+        flags["finetune"] = merged
+    return build_config(BenchConfig, yaml_layer, flags, source="bench config")
+
+
+def _run(args) -> int:
+    from ..errors import ConfigError
+
+    if args.list:
+        from ..plugins import format_listing
+
+        print(format_listing())
+        return 0
+    if args.report is not None:
+        from ..report import write_reports
+        from ..results import read_results
+
+        paths = [Path(p) for p in args.report] or ([Path(args.out)] if args.out else [])
+        if not paths:
+            raise ConfigError("--report needs results.jsonl file(s) or folder(s), or --out DIR")
+        records = read_results(paths)
+        out = Path(args.out) if args.out else (paths[0] if paths[0].is_dir() else paths[0].parent)
+        rep = write_reports(records, out, header=_header(records))
+        print(rep["text"], end="")
+        _print_files(rep)
+        return 0
+
+    from ..report import write_reports
+    from ..runner import Runner, default_out
+
+    t0 = time.time()
+    cfg = _bench_config(args)
+    out = Path(args.out) if args.out else default_out(cfg)
+    quiet = args.quiet
+    log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"{PROG}: run folder {out}", file=sys.stderr)
+    runner = Runner(cfg, out, log=log, progress=not quiet and sys.stderr.isatty())
+    summary = runner.run()
+    from ..results import read_results
+
+    records = read_results(out / "results.jsonl")
+    rep = write_reports(records, out, header=_header(records))
+    print(rep["text"], end="")
+    _print_files(rep)
+    st = summary.cache
+    print(f"{summary.written} record(s) written, {summary.skipped} already done, {summary.failed} failed; "
+          f"{summary.finetuned} encoder(s) fine-tuned; features computed {st.computed}, from cache {st.hits}; "
+          f"total {time.time() - t0:.1f} s", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _header(records) -> str:
+    cfgs = {r.get("config", {}).get("model", "?") + "/" + str(r.get("config", {}).get("pretrained")) for r in records}
+    return f"fdalign-bench results ({len(records)} records; model {', '.join(sorted(cfgs))})"
+
+
+def _print_files(rep) -> None:
+    files = [str(rep["markdown"]), str(rep["csv"])] + ([str(rep["plot"])] if rep["plot"] else [])
+    print(f"written: {', '.join(files)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

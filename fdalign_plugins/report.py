@@ -1,0 +1,192 @@
+"""Tables and plots rendered from result records (never recomputed).
+
+One table per (dataset, evaluation set): rows ``Adapter`` / ``Adapter + FD-Align`` (and
+``Adapter + FT`` for plain fine-tuning), a ``Δ FD-Align`` row, one column per shot
+count; cells are the mean over seeds, with ``± std`` when several seeds ran.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+ADAPTER_LABELS = {"zero-shot": "Zero-shot", "tip": "Tip", "tip-f": "Tip-F", "ape": "APE", "ape-t": "APE-T"}
+ENCODER_SUFFIX = {"clip": "", "fdalign": " + FD-Align", "finetune": " + FT"}
+ZERO_SHOT_ROWS = {"clip": "CLIP (zero-shot)", "fdalign": "FD-Align", "finetune": "Full fine-tuning"}
+ENCODER_ORDER = ["clip", "fdalign", "finetune"]
+
+
+def row_label(adapter: str, encoder: str) -> str:
+    if adapter == "zero-shot":
+        return ZERO_SHOT_ROWS.get(encoder, f"Zero-shot + {encoder}")
+    return ADAPTER_LABELS.get(adapter, adapter) + ENCODER_SUFFIX.get(encoder, f" + {encoder}")
+
+
+def _stats(values: List[float]) -> Tuple[float, float, int]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return float("nan"), float("nan"), 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
+
+
+def summarise(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Dict[str, Any]]:
+    """Aggregate records into ``{(dataset, eval_set): table}``.
+
+    Each table: ``shots`` (sorted), ``rows`` (list of ``(label, adapter, encoder)``) and
+    ``cells[(adapter, encoder, shots)] = (mean, std, n_seeds)``.
+    """
+    groups: Dict[Tuple[str, str, str, str, int], List[float]] = defaultdict(list)
+    evals: Dict[str, List[str]] = defaultdict(list)
+    adapters: Dict[str, List[str]] = defaultdict(list)
+    for r in records:
+        if r.get("error") or not r.get("acc"):
+            continue
+        ds = r["dataset"]
+        if r["adapter"] not in adapters[ds]:
+            adapters[ds].append(r["adapter"])
+        for ev, v in r["acc"].items():
+            if ev not in evals[ds]:
+                evals[ds].append(ev)
+            groups[(ds, ev, r["adapter"], r["encoder"], int(r["shots"]))].append(v)
+    tables: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    for ds, ev_list in evals.items():
+        ad_order = sorted(adapters[ds], key=lambda a: (a != "zero-shot", list(ADAPTER_LABELS).index(a)
+                                                       if a in ADAPTER_LABELS else 99, a))
+        for ev in sorted(ev_list, key=lambda e: e != "test"):
+            cells = {}
+            shots = set()
+            present = set()
+            for (d, e, a, enc, k), vals in groups.items():
+                if d == ds and e == ev:
+                    cells[(a, enc, k)] = _stats(vals)
+                    shots.add(k)
+                    present.add((a, enc))
+            rows = [(row_label(a, enc), a, enc) for a in ad_order for enc in ENCODER_ORDER if (a, enc) in present]
+            tables[(ds, ev)] = {"shots": sorted(shots), "rows": rows, "cells": cells}
+    return tables
+
+
+def _fmt(cell: Optional[Tuple[float, float, int]]) -> str:
+    if cell is None or cell[2] == 0:
+        return "–"
+    m, s, n = cell
+    return f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
+
+
+def _table_rows(t: Dict[str, Any]) -> List[List[str]]:
+    out = []
+    adapters_done = []
+    for label, a, enc in t["rows"]:
+        out.append([label] + [_fmt(t["cells"].get((a, enc, k))) for k in t["shots"]])
+        if enc == "fdalign" and (a, "clip") in {(x[1], x[2]) for x in t["rows"]} and a not in adapters_done:
+            adapters_done.append(a)
+            diff = []
+            for k in t["shots"]:
+                b, f = t["cells"].get((a, "clip", k)), t["cells"].get((a, "fdalign", k))
+                diff.append(f"{f[0] - b[0]:+.2f}" if b and f and b[2] and f[2] else "–")
+            out.append([f"  Δ FD-Align"] + diff)
+    return out
+
+
+def _eval_title(ds: str, ev: str) -> str:
+    return f"{ds} — in-distribution test" if ev == "test" else f"{ds} — OOD: {ev}"
+
+
+def render_text(tables, header: str = "") -> str:
+    """Aligned plain-text tables for the terminal."""
+    parts = [header] if header else []
+    for (ds, ev), t in tables.items():
+        head = ["top-1 %"] + [f"{k}-shot" for k in t["shots"]]
+        rows = _table_rows(t)
+        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+        lines = [_eval_title(ds, ev)]
+        lines.append("  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(head)))
+        lines.append("  ".join("-" * w for w in widths))
+        for r in rows:
+            lines.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def render_markdown(tables, header: str = "") -> str:
+    """The same tables as Markdown."""
+    parts = [header] if header else []
+    for (ds, ev), t in tables.items():
+        head = ["top-1 %"] + [f"{k}-shot" for k in t["shots"]]
+        lines = [f"### {_eval_title(ds, ev)}", "", "| " + " | ".join(head) + " |",
+                 "|" + "|".join(["---"] + ["---:"] * len(t["shots"])) + "|"]
+        for r in _table_rows(t):
+            lines.append("| " + " | ".join(c.strip() for c in r) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def render_csv(tables) -> str:
+    """Long-format CSV: one row per (dataset, eval set, method, shots)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["dataset", "eval_set", "method", "adapter", "encoder", "shots", "mean", "std", "n_seeds"])
+    for (ds, ev), t in tables.items():
+        for label, a, enc in t["rows"]:
+            for k in t["shots"]:
+                c = t["cells"].get((a, enc, k))
+                if c and c[2]:
+                    w.writerow([ds, ev, label, a, enc, k, f"{c[0]:.4f}", f"{c[1]:.4f}", c[2]])
+    return buf.getvalue()
+
+
+def render_plot(tables, path: Path) -> Optional[Path]:
+    """Accuracy vs shots, one panel per evaluation set; ``None`` without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    items = list(tables.items())
+    if not items:
+        return None
+    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 3.6), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, ((ds, ev), t) in zip(axes[0], items):
+        adapters = []
+        for _, a, _ in t["rows"]:
+            if a not in adapters:
+                adapters.append(a)
+        for i, a in enumerate(adapters):
+            for enc, style in (("clip", "--"), ("fdalign", "-"), ("finetune", ":")):
+                pts = [(k, t["cells"][(a, enc, k)][0]) for k in t["shots"] if (a, enc, k) in t["cells"]]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3,
+                            color=colours[i % len(colours)], label=row_label(a, enc))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(t["shots"])
+        ax.set_xticklabels([str(k) for k in t["shots"]])
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel("top-1 %")
+        ax.set_title(_eval_title(ds, ev), fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_reports(records: Sequence[Dict[str, Any]], out: Path, header: str = "") -> Dict[str, Any]:
+    """Write table.md, table.csv and plot.png into ``out``; return the text table and paths."""
+    from .checkpoint import atomic_write_bytes
+
+    tables = summarise(records)
+    text = render_text(tables, header)
+    atomic_write_bytes(out / "table.md", render_markdown(tables, header).encode())
+    atomic_write_bytes(out / "table.csv", render_csv(tables).encode())
+    plot = render_plot(tables, out / "plot.png")
+    return {"text": text, "markdown": out / "table.md", "csv": out / "table.csv", "plot": plot, "tables": tables}

@@ -1,0 +1,93 @@
+"""Results as JSON lines: one record per (dataset, adapter, encoder, shots, seed).
+
+Appends are durable (write, flush, fsync). A line torn by a kill mid-write is detected
+on the next open and cut off, so the file only ever holds whole records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Tuple, Union
+
+from .errors import DataError
+
+RecordKey = Tuple[str, str, str, int, int]
+
+
+def record_key(rec: Dict[str, Any]) -> RecordKey:
+    """The identity of a record: (dataset, adapter, encoder, shots, seed)."""
+    return (rec["dataset"], rec["adapter"], rec["encoder"], int(rec["shots"]), int(rec["seed"]))
+
+
+def _parse(path: Path) -> Tuple[List[Dict[str, Any]], int]:
+    """Whole records of a file and the byte length of its valid prefix."""
+    data = path.read_bytes()
+    records: List[Dict[str, Any]] = []
+    good = 0
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            break  # a torn last line (no newline): drop it
+        line = data[pos:nl]
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if data.find(b"\n", nl + 1) >= 0 or data[nl + 1:].strip():
+                    raise DataError(f"{path}: line {len(records) + 1} is not valid JSON; the results file is damaged")
+                break
+        pos = nl + 1
+        good = pos
+    return records, good
+
+
+def read_results(paths: Union[str, Path, Iterable[Union[str, Path]]]) -> List[Dict[str, Any]]:
+    """Records of one or several results files (e.g. shards), the last copy of each key winning."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    merged: Dict[RecordKey, Dict[str, Any]] = {}
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            p = p / "results.jsonl"
+        if not p.is_file():
+            raise DataError(f"results file not found: {p}")
+        for rec in _parse(p)[0]:
+            merged[record_key(rec)] = rec
+    return list(merged.values())
+
+
+class ResultsFile:
+    """An append-only ``results.jsonl`` with the keys already done."""
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records: List[Dict[str, Any]] = []
+        if self.path.is_file():
+            self.records, good = _parse(self.path)
+            if good != self.path.stat().st_size:
+                with open(self.path, "r+b") as fh:  # cut a torn tail left by a kill
+                    fh.truncate(good)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        self.done = {record_key(r) for r in self.records}
+
+    def __contains__(self, key: RecordKey) -> bool:
+        return key in self.done
+
+    def append(self, rec: Dict[str, Any]) -> None:
+        """Append one record durably; a key already present is not written twice."""
+        key = record_key(rec)
+        if key in self.done:
+            return
+        line = json.dumps(rec, sort_keys=True, allow_nan=True) + "\n"
+        with open(self.path, "ab") as fh:
+            fh.write(line.encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.records.append(rec)
+        self.done.add(key)

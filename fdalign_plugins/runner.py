@@ -1,0 +1,307 @@
+"""The benchmark runner: baseline vs "+ FD-Align" for every requested adapter.
+
+For each (dataset, seed, shots) work item: sample the few-shot split; obtain the FD-Align
+encoder (fine-tune, reuse a checkpoint made with the same resolved config, or take the
+user's); extract features with the stock and fine-tuned encoders (test, OOD sets,
+few-shot validation, ``V`` augmented views of the support set) through the on-disk
+cache; build the text classifier; fit each adapter (it searches on validation) and
+evaluate on test and OOD sets. Every finished (dataset, adapter, encoder, shots, seed)
+appends one record to ``results.jsonl``; a re-run skips what is there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from . import __version__
+from .checkpoint import WEIGHTS_NAME, load_encoder_into, read_encoder
+from .config import FinetuneConfig, build_config, to_dict
+from .datasets import check_images, few_shot_split, load_dataset
+from .datasets.base import FewShotDataset
+from .errors import ConfigError, FDAlignError
+from .features import FeatureCache
+from .models import DEFAULT_MODEL, ClipBundle, load_clip, state_fingerprint
+from .prompts import normalise, text_classifier
+from .results import ResultsFile
+from .trainer import finetune, resolve_device
+
+#: Encoder labels used in records and tables.
+ENCODER_CLIP = "clip"
+ENCODER_FDALIGN = "fdalign"
+ENCODER_FINETUNE = "finetune"
+
+
+@dataclass
+class BenchConfig:
+    """Everything that decides a benchmark run (flags > YAML > these defaults)."""
+
+    adapters: List[str] = field(default_factory=lambda: ["tip-f"])
+    shots: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    seeds: List[int] = field(default_factory=lambda: [1])
+    dataset: str = "world"
+    data_root: Optional[str] = None
+    ood: Optional[List[str]] = None
+    model: str = DEFAULT_MODEL
+    pretrained: Optional[str] = None
+    encoder: Optional[str] = None
+    baselines: bool = False
+    views: int = 10
+    view_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    finetune: Dict[str, Any] = field(default_factory=dict)
+    adapter_params: Dict[str, Any] = field(default_factory=dict)
+    dataset_options: Dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    workers: int = 0
+    batch_size: int = 256
+    cache_dir: Optional[str] = None
+    skip_corrupt: bool = False
+
+    def validate(self) -> "BenchConfig":
+        if not self.adapters:
+            raise ConfigError("adapters: give at least one adapter name (or all)")
+        if not self.shots or any(s <= 0 for s in self.shots):
+            raise ConfigError(f"shots must be positive integers, got {self.shots}")
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds must be integers >= 0, got {self.seeds}")
+        if self.views <= 0:
+            raise ConfigError(f"views must be a positive integer, got {self.views}")
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if len(self.view_scale) != 2 or not (0 < self.view_scale[0] <= self.view_scale[1] <= 1):
+            raise ConfigError(f"view_scale must be two numbers 0 < lo <= hi <= 1, got {self.view_scale}")
+        if not isinstance(self.adapter_params, dict) or any(not isinstance(v, dict) for v in self.adapter_params.values()):
+            raise ConfigError("adapter_params must map adapter names to mappings of hyper-parameters")
+        # the fine-tuning section is checked against FinetuneConfig's keys now, not after an hour
+        self.finetune_config(shots=self.shots[0], seed=self.seeds[0])
+        return self
+
+    def finetune_config(self, shots: int, seed: int, beta: Optional[float] = None) -> FinetuneConfig:
+        """The resolved FD-Align config of one work item."""
+        base = {"model": self.model, "pretrained": self.pretrained, "dataset": self.dataset,
+                "data_root": self.data_root, "device": self.device, "workers": self.workers}
+        item = {"shots": shots, "seed": seed}
+        if beta is not None:
+            item["beta"] = beta
+        return build_config(FinetuneConfig, base, self.finetune, item, source="finetune")
+
+
+def resolve_adapters(names: List[str]) -> List[str]:
+    """Expand ``all`` and check names against the registry (unknown -> the valid list)."""
+    from .plugins import get_adapter_spec, list_adapters
+
+    if any(n == "all" for n in names):
+        names = [s.name for s in list_adapters()]
+    out = []
+    for n in ["zero-shot"] + list(names):
+        get_adapter_spec(n)
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def default_out(cfg: BenchConfig) -> Path:
+    """A deterministic run folder: the same command resumes in the same place."""
+    h = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path("runs") / f"bench-{cfg.dataset}-{h}"
+
+
+def _versions() -> Dict[str, str]:
+    import open_clip
+
+    return {"fdalign_plugins": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
+            "python": platform.python_version()}
+
+
+@dataclass
+class RunSummary:
+    """What a run did: records written and skipped, cache counters, wall time."""
+
+    written: int = 0
+    skipped: int = 0
+    failed: int = 0
+    finetuned: int = 0
+    seconds: float = 0.0
+    cache: Any = None
+    out: Optional[Path] = None
+
+
+class Runner:
+    """Runs a :class:`BenchConfig`; see the module docstring.
+
+    Args:
+        cfg: the resolved config.
+        out: run folder (``results.jsonl``, ``encoders/``, ``cache/``, tables).
+        log: receives one line per finished record and per stage.
+        progress: show progress bars.
+        stop_after_records: raise ``KeyboardInterrupt`` after writing this many records
+            (tests use it to simulate an interruption).
+    """
+
+    def __init__(self, cfg: BenchConfig, out: Path, log: Callable[[str], None] = print, progress: bool = False,
+                 stop_after_records: Optional[int] = None):
+        self.cfg = cfg.validate()
+        self.out = Path(out)
+        self.log = log
+        self.progress = progress
+        self.stop_after = stop_after_records
+        self.device = resolve_device(cfg.device)
+        self.summary = RunSummary(out=self.out)
+
+    # ------------------------------------------------------------------ encoders
+    def _encoder_dir(self, fcfg: FinetuneConfig, ds: FewShotDataset, support_idx: List[int], tag: str) -> Path:
+        key = json.dumps({"cfg": to_dict(fcfg), "train": ds.train.identity(), "support": support_idx},
+                         sort_keys=True, default=str)
+        return self.out / "encoders" / f"{tag}-{fcfg.shots}shot-seed{fcfg.seed}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+    def _finetuned(self, ds: FewShotDataset, split, shots: int, seed: int, beta: Optional[float], tag: str) -> ClipBundle:
+        fcfg = self.cfg.finetune_config(shots, seed, beta)
+        d = self._encoder_dir(fcfg, ds, split.support_indices, tag)
+        bundle = load_clip(self.cfg.model, self.cfg.pretrained, device=self.device)
+        if (d / WEIGHTS_NAME).is_file():
+            load_encoder_into(bundle.model, d)
+            self.log(f"  reusing {tag} encoder {d}")
+            return bundle
+        self.log(f"  fine-tuning {tag} encoder ({shots}-shot, seed {seed}, beta {fcfg.beta}) -> {d}")
+        finetune(bundle, split.support, ds.classnames, fcfg, val=split.val, out_dir=d, resume=True,
+                 progress=self.progress, log=lambda s: self.log("    " + s),
+                 extra_metadata={"support_indices": split.support_indices, "val_indices": split.val_indices})
+        self.summary.finetuned += 1
+        return bundle
+
+    def _user_encoder(self) -> ClipBundle:
+        bundle = load_clip(self.cfg.model, self.cfg.pretrained, device=self.device)
+        meta = load_encoder_into(bundle.model, self.cfg.encoder)
+        self.log(f"  using FD-Align encoder {self.cfg.encoder} (trained on {meta.get('dataset')}, "
+                 f"{meta.get('shots')}-shot, seed {meta.get('seed')})")
+        return bundle
+
+    # ------------------------------------------------------------------ features
+    def _features(self, cache: FeatureCache, bundle: ClipBundle, ds: FewShotDataset, split, ood: Dict[str, Any],
+                  seed: int, label: str) -> Dict[str, Any]:
+        visual = bundle.model.visual.to(self.device)
+        fp = state_fingerprint(visual)
+        ev = bundle.eval_transform
+        out = {"fingerprint": fp}
+        t0 = time.time()
+        out["test"] = normalise(cache.features(visual, fp, ds.test, ev, desc=f"{label} test"))
+        out["ood"] = {k: normalise(cache.features(visual, fp, s, ev, desc=f"{label} {k}")) for k, s in ood.items()}
+        out["val"] = normalise(cache.features(visual, fp, split.val, ev, desc=f"{label} val"))
+        aug = bundle.train_transform(scale=tuple(self.cfg.view_scale), flip=True)
+        views = [cache.features(visual, fp, split.support, aug, view=v, seed=seed * 1000 + v, desc=f"{label} view {v}")
+                 for v in range(self.cfg.views)]
+        out["support"] = torch.stack(views)  # [V, N, D], raw
+        out["seconds"] = time.time() - t0
+        return out
+
+    # ------------------------------------------------------------------ records
+    def _record(self, results: ResultsFile, ds: FewShotDataset, adapter: str, enc_label: str, shots: int, seed: int,
+                feats: Dict[str, Any], classifier: torch.Tensor, split, extra: Dict[str, Any]) -> None:
+        from .adapter_api import FewShotTask
+        from .plugins import create_adapter
+
+        rec: Dict[str, Any] = {"dataset": ds.name, "adapter": adapter, "encoder": enc_label, "shots": shots,
+                               "seed": seed, "encoder_fingerprint": feats["fingerprint"], **extra}
+        t0 = time.time()
+        try:
+            ad = create_adapter(adapter, **self.cfg.adapter_params.get(adapter, {}))
+            task = FewShotTask(
+                support=feats["support"], support_labels=torch.as_tensor(split.support.labels),
+                classifier=classifier, val_features=feats["val"], val_labels=torch.as_tensor(split.val.labels),
+                dataset=ds.name, shots=shots, seed=seed,
+            )
+            ad.fit(task)
+            t1 = time.time()
+            acc = {"test": _acc(ad.predict(feats["test"]), ds.test.labels)}
+            for k, f in feats["ood"].items():
+                acc[k] = _acc(ad.predict(f), self._ood[k].labels)
+            rec.update(acc=acc, val_acc=_acc(ad.predict(feats["val"]), split.val.labels), hparams=ad.chosen_hparams(),
+                       timings={"fit": t1 - t0, "predict": time.time() - t1, "extract": feats["seconds"]})
+        except FDAlignError:
+            raise
+        except Exception as exc:  # a plugin's bug fails its record, not the sweep
+            rec.update(acc=None, error=f"{type(exc).__name__}: {exc}")
+            warnings.warn(f"adapter {adapter!r} failed on {ds.name} {shots}-shot seed {seed} ({enc_label}): {rec['error']}")
+        rec.update(config=to_dict(self.cfg), versions=_versions(), time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        results.append(rec)
+        if rec.get("error"):
+            self.summary.failed += 1
+            self.log(f"  FAILED {adapter} [{enc_label}] {shots}-shot seed {seed}: {rec['error']}")
+        else:
+            self.summary.written += 1
+            accs = "  ".join(f"{k} {v:.2f}" for k, v in rec["acc"].items())
+            self.log(f"  {ds.name} {shots}-shot seed {seed} {adapter:>10} [{enc_label:>8}]  {accs}")
+        if self.stop_after is not None and self.summary.written >= self.stop_after:
+            raise KeyboardInterrupt(f"stopped after {self.summary.written} records")
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> RunSummary:
+        t_start = time.time()
+        cfg = self.cfg
+        adapters = resolve_adapters(cfg.adapters)
+        results = ResultsFile(self.out / "results.jsonl")
+        cache = FeatureCache(Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache", batch_size=cfg.batch_size,
+                             workers=cfg.workers, device=self.device, progress=self.progress)
+        self.summary.cache = cache.stats
+        (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+        ds = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+        if cfg.ood is None:
+            ood_names = list(ds.ood)
+        else:
+            unknown = [o for o in cfg.ood if o not in ds.ood]
+            if unknown:
+                raise ConfigError(f"unknown OOD set(s) {', '.join(unknown)} for {ds.name}; valid: {', '.join(ds.ood) or '(none)'}")
+            ood_names = list(cfg.ood)
+        self._ood = {k: ds.ood[k] for k in ood_names}
+        encoders = [ENCODER_CLIP, ENCODER_FDALIGN] + ([ENCODER_FINETUNE] if cfg.baselines else [])
+        stock = None
+        classifier = None
+        for seed in cfg.seeds:
+            for shots in cfg.shots:
+                todo = [(a, e) for e in encoders for a in adapters if (ds.name, a, e, shots, seed) not in results]
+                self.summary.skipped += len(adapters) * len(encoders) - len(todo)
+                if not todo:
+                    continue
+                self.log(f"{ds.name}: {shots}-shot, seed {seed}")
+                split = few_shot_split(ds, shots, seed)
+                if not cfg.skip_corrupt:
+                    check_images(split.support, f"the {shots}-shot support set")
+                if stock is None:
+                    stock = load_clip(cfg.model, cfg.pretrained, device=self.device)
+                    classifier = text_classifier(stock.model, stock.tokenizer, ds.classnames, ds.templates).cpu()
+                for enc in encoders:
+                    pending = [a for a, e in todo if e == enc]
+                    if not pending:
+                        continue
+                    if enc == ENCODER_CLIP:
+                        bundle, extra = stock, {"encoder_source": f"{cfg.model}/{cfg.pretrained}"}
+                    elif enc == ENCODER_FDALIGN and cfg.encoder:
+                        bundle, extra = self._user_encoder(), {"encoder_source": str(cfg.encoder)}
+                    else:
+                        beta = 0.0 if enc == ENCODER_FINETUNE else None
+                        bundle = self._finetuned(ds, split, shots, seed, beta, enc)
+                        extra = {"encoder_source": "fine-tuned", "finetune": to_dict(cfg.finetune_config(shots, seed, beta))}
+                    feats = self._features(cache, bundle, ds, split, self._ood, seed, enc)
+                    for a in pending:
+                        self._record(results, ds, a, enc, shots, seed, feats, classifier, split, extra)
+        self.summary.seconds = time.time() - t_start
+        return self.summary
+
+
+def _acc(logits: torch.Tensor, labels) -> float:
+    labels = torch.as_tensor(labels)
+    if len(labels) == 0:
+        return float("nan")
+    return float((logits.argmax(-1).cpu() == labels).float().mean().item() * 100.0)

@@ -1,0 +1,183 @@
+"""End-to-end benchmark runs on a very small world with the tiny test model."""
+
+import json
+import os
+import warnings
+
+import pytest
+import torch
+
+from fdalign_plugins.cli.bench import main as bench_main
+from fdalign_plugins.config import build_config
+from fdalign_plugins.features import FeatureCache
+from fdalign_plugins.results import ResultsFile, read_results, record_key
+from fdalign_plugins.runner import BenchConfig, Runner
+
+SMALL = {
+    "dataset_options": {"num_classes": 4, "train_per_class": 6, "val_per_class": 3, "test_per_class": 5,
+                        "ood_per_class": 4, "image_size": 32},
+    "finetune": {"epochs": 1, "batch_size": 8, "templates": ["a photo of a {}.", "a sketch of a {}.",
+                                                             "a dark photo of a {}."], "spc_keep": 2, "spc_k": 2},
+    "adapter_params": {"tip-f": {"epochs": 2}},
+    "views": 2,
+}
+
+
+@pytest.fixture()
+def small_config(tmp_path, tiny_model_name):
+    import yaml
+
+    p = tmp_path / "bench.yaml"
+    p.write_text(yaml.safe_dump({**SMALL, "model": tiny_model_name, "pretrained": "none"}))
+    return p
+
+
+def _cfg(tiny_model_name, **kw):
+    d = {**SMALL, "model": tiny_model_name, "pretrained": "none", "adapters": ["tip", "tip-f"], "shots": [1, 2]}
+    d.update(kw)
+    return build_config(BenchConfig, d)
+
+
+def _strip(rec):
+    return {k: v for k, v in rec.items() if k not in ("timings", "time")}
+
+
+def test_cli_end_to_end_table_and_jsonl(small_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = bench_main(["--config", str(small_config), "--adapter", "tip,tip-f", "--shots", "1,2", "--out", str(out),
+                     "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    text = captured.out
+    for title in ("world — in-distribution test", "world — OOD: sketch", "world — OOD: resampled"):
+        assert title in text
+    for row in ("CLIP (zero-shot)", "FD-Align", "Tip ", "Tip + FD-Align", "Tip-F ", "Tip-F + FD-Align", "Δ FD-Align"):
+        assert row in text
+    assert "1-shot" in text and "2-shot" in text
+    lines = (out / "results.jsonl").read_text().splitlines()
+    recs = [json.loads(line) for line in lines]
+    assert len(recs) == 3 * 2 * 2  # (zero-shot, tip, tip-f) x (clip, fdalign) x shots
+    assert len({record_key(r) for r in recs}) == len(recs)
+    for r in recs:
+        assert set(r["acc"]) == {"test", "sketch", "resampled"}
+        assert all(0.0 <= v <= 100.0 for v in r["acc"].values())
+        assert r["config"]["adapters"] == ["tip", "tip-f"] and "torch" in r["versions"]
+    tip = [r for r in recs if r["adapter"] == "tip"][0]
+    assert {"alpha", "beta"} <= set(tip["hparams"])
+    assert (out / "table.md").read_text().count("| Tip + FD-Align |") == 3
+    assert (out / "table.csv").read_text().startswith("dataset,eval_set,method")
+    assert (out / "plot.png").stat().st_size > 1000
+
+    # --report rebuilds the identical table from the JSONL alone
+    md = (out / "table.md").read_bytes()
+    (out / "table.md").unlink()
+    rc = bench_main(["--report", str(out / "results.jsonl")])
+    rep = capsys.readouterr()
+    assert rc == 0 and rep.out == text
+    assert (out / "table.md").read_bytes() == md
+
+
+def test_second_run_recomputes_nothing_and_cache_is_keyed(tiny_model_name, tmp_path):
+    cfg = _cfg(tiny_model_name)
+    s1 = Runner(cfg, tmp_path / "r", log=lambda s: None).run()
+    assert s1.written == 12 and s1.finetuned == 2 and s1.cache.computed > 0
+    s2 = Runner(cfg, tmp_path / "r", log=lambda s: None).run()
+    assert (s2.written, s2.finetuned, s2.cache.computed, s2.cache.hits) == (0, 0, 0, 0)
+    assert s2.skipped == 12
+    # without the results file everything is recomputed from the caches: encoders reused, features read back
+    (tmp_path / "r" / "results.jsonl").unlink()
+    s3 = Runner(cfg, tmp_path / "r", log=lambda s: None).run()
+    assert s3.written == 12 and s3.finetuned == 0 and s3.cache.computed == 0 and s3.cache.hits == s1.cache.computed + s1.cache.hits
+
+
+def test_feature_cache_never_reuses_another_encoders_features(tiny_model_name, tmp_path):
+    from fdalign_plugins.datasets.base import ArraySplit
+    from fdalign_plugins.models import load_clip, state_fingerprint
+
+    import numpy as np
+    split = ArraySplit(np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), np.arange(5) % 2, "x")
+    b = load_clip(tiny_model_name, "none")
+    cache = FeatureCache(tmp_path / "c")
+    fa = cache.features(b.model.visual, state_fingerprint(b.model.visual), split, b.eval_transform)
+    with torch.no_grad():
+        b.model.visual.proj.add_(0.1)
+    fp2 = state_fingerprint(b.model.visual)
+    fb = cache.features(b.model.visual, fp2, split, b.eval_transform)
+    assert cache.stats.computed == 2 and not torch.allclose(fa, fb)
+    # corrupt the entry on disk: detected, warned, recomputed to the same values
+    key = FeatureCache.key(fp2, split, repr(b.eval_transform), None, None)
+    path = cache._path(key)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    fresh = FeatureCache(tmp_path / "c")
+    with pytest.warns(UserWarning, match="corrupt.*recomputing"):
+        fc = fresh.features(b.model.visual, fp2, split, b.eval_transform)
+    assert fresh.stats.corrupt == 1 and fresh.stats.computed == 1 and torch.allclose(fb, fc)
+
+
+def test_interrupted_run_resumes_to_the_same_records(tiny_model_name, tmp_path):
+    cfg = _cfg(tiny_model_name)
+    Runner(cfg, tmp_path / "full", log=lambda s: None).run()
+    with pytest.raises(KeyboardInterrupt):
+        Runner(cfg, tmp_path / "cut", log=lambda s: None, stop_after_records=1).run()
+    assert len(read_results(tmp_path / "cut")) == 1
+    s = Runner(cfg, tmp_path / "cut", log=lambda s: None).run()
+    assert s.written == 11 and s.skipped == 1
+    full = {record_key(r): _strip(r) for r in read_results(tmp_path / "full")}
+    cut = {record_key(r): _strip(r) for r in read_results(tmp_path / "cut")}
+    assert full.keys() == cut.keys()
+    for k in full:
+        assert full[k]["acc"] == cut[k]["acc"] and full[k]["hparams"] == cut[k]["hparams"], k
+    lines = (tmp_path / "cut" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 12  # nothing duplicated
+
+
+def test_torn_last_line_is_cut(tmp_path):
+    p = tmp_path / "results.jsonl"
+    rec = {"dataset": "d", "adapter": "a", "encoder": "clip", "shots": 1, "seed": 1, "acc": {"test": 50.0}}
+    p.write_text(json.dumps(rec) + "\n" + '{"dataset": "d", "adap')
+    rf = ResultsFile(p)
+    assert len(rf.records) == 1 and p.read_text() == json.dumps(rec) + "\n"
+    rf.append({**rec, "shots": 2})
+    rf.append({**rec, "shots": 2})  # same key: not written twice
+    assert len(p.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--adapter", "nope"], "unknown adapter 'nope'"),
+    (["--shots", "0"], "shots must be positive"),
+    (["--shots", "abc"], "shots must be an integer"),
+    (["--dataset", "folder"], "needs a data root"),
+    (["--dataset", "folder", "--data-root", "/no/such/dir"], "dataset folder not found: /no/such/dir"),
+    (["--config", "/no/such.yaml"], "config file not found"),
+    (["--dataset", "nosuch"], "unknown dataset 'nosuch'"),
+    (["--ood", "mars"], "unknown OOD set(s) mars"),
+])
+def test_bad_arguments_one_line(argv, msg, tmp_path, capsys, small_config):
+    base = ["--config", str(small_config)] if "--config" not in argv and "folder" not in argv else []
+    rc = bench_main(base + argv + ["--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert msg in err
+    assert "Traceback" not in err
+    assert len([line for line in err.strip().splitlines() if "error" in line]) == 1
+
+
+def test_dataset_option_mismatch(small_config, tmp_path, capsys):
+    rc = bench_main(["--config", str(small_config), "--dataset", "folder", "--data-root", str(tmp_path)])
+    assert rc == 2
+    assert "dataset 'folder' does not take the option 'image_size'" in capsys.readouterr().err
+
+
+def test_unreadable_config(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    p.write_text("adapters: [tip\n")
+    assert bench_main(["--config", str(p)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    p.write_text("adaptors: [tip]\n")
+    assert bench_main(["--config", str(p)]) == 2
+    assert "unknown bench config key(s) 'adaptors'; valid keys:" in capsys.readouterr().err
+    p.write_text("finetune: {learning_rate: 1}\n")
+    assert bench_main(["--config", str(p)]) == 2
+    assert "unknown finetune key(s) 'learning_rate'" in capsys.readouterr().err
