@@ -45,18 +45,22 @@ def _parse(path: Path) -> Tuple[List[Dict[str, Any]], int]:
 
 
 def read_results(paths: Union[str, Path, Iterable[Union[str, Path]]]) -> List[Dict[str, Any]]:
-    """Records of one or several results files (e.g. shards), the last copy of each key winning."""
+    """Records of results files or run folders (all ``results*.jsonl`` in a folder, i.e.
+    every shard), merged; the last copy of each key wins, except that an error record
+    never replaces a finished one."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     merged: Dict[RecordKey, Dict[str, Any]] = {}
     for p in paths:
         p = Path(p)
-        if p.is_dir():
-            p = p / "results.jsonl"
-        if not p.is_file():
-            raise DataError(f"results file not found: {p}")
-        for rec in _parse(p)[0]:
-            merged[record_key(rec)] = rec
+        files = sorted(p.glob("results*.jsonl")) if p.is_dir() else [p]
+        if not files or not files[0].is_file():
+            raise DataError(f"results file not found: {p if not p.is_dir() else p / 'results*.jsonl'}")
+        for f in files:
+            for rec in _parse(f)[0]:
+                if record_key(rec) in merged and rec.get("error") and not merged[record_key(rec)].get("error"):
+                    continue  # a failed retry never hides a finished record
+                merged[record_key(rec)] = rec
     return list(merged.values())
 
 
@@ -74,7 +78,8 @@ class ResultsFile:
                     fh.truncate(good)
                     fh.flush()
                     os.fsync(fh.fileno())
-        self.done = {record_key(r) for r in self.records}
+        # records of a plugin that raised are kept for the report but retried on re-runs
+        self.done = {record_key(r) for r in self.records if not r.get("error")}
 
     def __contains__(self, key: RecordKey) -> bool:
         return key in self.done
@@ -90,4 +95,5 @@ class ResultsFile:
             fh.flush()
             os.fsync(fh.fileno())
         self.records.append(rec)
-        self.done.add(key)
+        if not rec.get("error"):
+            self.done.add(key)

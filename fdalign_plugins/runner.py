@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -151,9 +151,10 @@ class Runner:
     """
 
     def __init__(self, cfg: BenchConfig, out: Path, log: Callable[[str], None] = print, progress: bool = False,
-                 stop_after_records: Optional[int] = None):
+                 stop_after_records: Optional[int] = None, shard: Optional[Tuple[int, int]] = None):
         self.cfg = cfg.validate()
         self.out = Path(out)
+        self.shard = parse_shard(shard) if shard is not None else None
         self.log = log
         self.progress = progress
         self.stop_after = stop_after_records
@@ -251,7 +252,7 @@ class Runner:
         t_start = time.time()
         cfg = self.cfg
         adapters = resolve_adapters(cfg.adapters)
-        results = ResultsFile(self.out / "results.jsonl")
+        results = ResultsFile(self.out / results_name(self.shard))
         cache = FeatureCache(Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache", batch_size=cfg.batch_size,
                              workers=cfg.workers, device=self.device, progress=self.progress)
         self.summary.cache = cache.stats
@@ -268,10 +269,12 @@ class Runner:
         encoders = [ENCODER_CLIP, ENCODER_FDALIGN] + ([ENCODER_FINETUNE] if cfg.baselines else [])
         stock = None
         classifier = None
+        mine = set(work_items(cfg, encoders, self.shard))
         for seed in cfg.seeds:
             for shots in cfg.shots:
-                todo = [(a, e) for e in encoders for a in adapters if (ds.name, a, e, shots, seed) not in results]
-                self.summary.skipped += len(adapters) * len(encoders) - len(todo)
+                todo = [(a, e) for e in encoders for a in adapters
+                        if (seed, shots, e) in mine and (ds.name, a, e, shots, seed) not in results]
+                self.summary.skipped += sum(1 for e in encoders if (seed, shots, e) in mine) * len(adapters) - len(todo)
                 if not todo:
                     continue
                 self.log(f"{ds.name}: {shots}-shot, seed {seed}")
@@ -298,6 +301,38 @@ class Runner:
                         self._record(results, ds, a, enc, shots, seed, feats, classifier, split, extra)
         self.summary.seconds = time.time() - t_start
         return self.summary
+
+
+def parse_shard(shard) -> Tuple[int, int]:
+    """``"i/n"`` or ``(i, n)`` -> ``(i, n)`` with ``0 <= i < n``; a clear error otherwise."""
+    if isinstance(shard, str):
+        parts = shard.split("/")
+        try:
+            i, n = (int(parts[0]), int(parts[1])) if len(parts) == 2 else (None, None)
+        except ValueError:
+            i, n = None, None
+        if i is None:
+            raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}")
+    else:
+        i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard i/n needs n >= 1 and 0 <= i < n, got {i}/{n}")
+    return int(i), int(n)
+
+
+def results_name(shard: Optional[Tuple[int, int]]) -> str:
+    """``results.jsonl``, or ``results-shard<i>of<n>.jsonl`` for a shard."""
+    return "results.jsonl" if shard is None else f"results-shard{shard[0]}of{shard[1]}.jsonl"
+
+
+def work_items(cfg: BenchConfig, encoders: List[str], shard: Optional[Tuple[int, int]] = None) -> List[Tuple[int, int, str]]:
+    """The (seed, shots, encoder) work items of a run, in a fixed order; item ``j`` belongs
+    to shard ``j % n``, so shards are disjoint and together cover the run."""
+    items = [(seed, shots, enc) for seed in cfg.seeds for shots in cfg.shots for enc in encoders]
+    if shard is None:
+        return items
+    i, n = shard
+    return [it for j, it in enumerate(items) if j % n == i]
 
 
 def _acc(logits: torch.Tensor, labels) -> float:

@@ -181,3 +181,58 @@ def test_unreadable_config(tmp_path, capsys):
     p.write_text("finetune: {learning_rate: 1}\n")
     assert bench_main(["--config", str(p)]) == 2
     assert "unknown finetune key(s) 'learning_rate'" in capsys.readouterr().err
+
+
+def test_shards_merged_by_report_equal_unsharded_run(tiny_model_name, tmp_path, capsys):
+    from fdalign_plugins.runner import work_items
+
+    cfg = _cfg(tiny_model_name)
+    items = work_items(cfg, ["clip", "fdalign"])
+    parts = [work_items(cfg, ["clip", "fdalign"], (i, 3)) for i in range(3)]
+    assert sorted(sum(parts, [])) == sorted(items) and sum(len(p) for p in parts) == len(items)
+    Runner(cfg, tmp_path / "whole", log=lambda s: None).run()
+    for i in range(3):
+        Runner(cfg, tmp_path / "sharded", log=lambda s: None, shard=f"{i}/3").run()
+    files = sorted((tmp_path / "sharded").glob("results-shard*of3.jsonl"))
+    assert len(files) == 3
+    whole = {record_key(r): _strip(r)["acc"] for r in read_results(tmp_path / "whole")}
+    merged = {record_key(r): _strip(r)["acc"] for r in read_results(files)}
+    assert whole == merged
+    assert bench_main(["--report", str(tmp_path / "whole")]) == 0
+    t1 = capsys.readouterr().out
+    assert bench_main(["--report"] + [str(f) for f in files] + ["--out", str(tmp_path / "merged")]) == 0
+    t2 = capsys.readouterr().out
+    assert t1 == t2 and "Tip-F + FD-Align" in t1
+
+
+@pytest.mark.parametrize("shard", ["3/3", "a/b", "1", "-1/2"])
+def test_bad_shard(shard, tmp_path, capsys, small_config):
+    rc = bench_main(["--config", str(small_config), f"--shard={shard}", "--out", str(tmp_path / "o"), "--quiet"])
+    assert rc == 2 and "--shard" in capsys.readouterr().err
+
+
+def test_failing_plugin_fails_its_record_not_the_sweep(tiny_model_name, tmp_path, monkeypatch):
+    import fdalign_plugins.plugins as plugins
+
+    real = plugins.create_adapter
+
+    def flaky(name, **hp):
+        ad = real(name, **hp)
+        if name == "tip":
+            def boom(task):
+                raise RuntimeError("plugin bug")
+            ad.fit = boom
+        return ad
+
+    monkeypatch.setattr(plugins, "create_adapter", flaky)
+    cfg = _cfg(tiny_model_name, shots=[1])
+    with pytest.warns(UserWarning, match="adapter 'tip' failed"):
+        s = Runner(cfg, tmp_path / "r", log=lambda s: None).run()
+    assert s.failed == 2 and s.written == 4
+    recs = read_results(tmp_path / "r")
+    bad = [r for r in recs if r.get("error")]
+    assert len(bad) == 2 and all(r["adapter"] == "tip" and "RuntimeError: plugin bug" in r["error"] for r in bad)
+    monkeypatch.setattr(plugins, "create_adapter", real)
+    s2 = Runner(cfg, tmp_path / "r", log=lambda s: None).run()  # the failed records are retried
+    assert s2.written == 2 and s2.failed == 0
+    assert not any(r.get("error") for r in read_results(tmp_path / "r"))

@@ -51,6 +51,8 @@ def build_parser() -> OneLineParser:
     a("--lr", metavar="LR", help="FD-Align learning rate (overrides finetune.lr)")
     a("--beta", metavar="B", help="weight of the spurious KL (overrides finetune.beta)")
     a("--kl-direction", metavar="D", help="overview (KL(P_ft||P_0), default) or reference (KL(P_0||P_ft))")
+    a("--shard", metavar="i/n", help="run only shard i of n (0 <= i < n) of the (seed, shots, encoder) work items; "
+      "writes results-shard<i>of<n>.jsonl (merge with --report)")
     a("--list", action="store_true", help="list adapters and datasets with the distribution each came from")
     a("--report", nargs="*", metavar="RESULTS", help="rebuild tables and plot from results.jsonl file(s)/folder(s) "
       "without computing; with no paths, from --out")
@@ -112,11 +114,11 @@ def _run(args) -> int:
     quiet = args.quiet
     log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     print(f"{PROG}: run folder {out}", file=sys.stderr)
-    runner = Runner(cfg, out, log=log, progress=not quiet and sys.stderr.isatty())
+    runner = Runner(cfg, out, log=log, progress=not quiet and sys.stderr.isatty(), shard=args.shard)
     summary = runner.run()
     from ..results import read_results
 
-    records = read_results(out / "results.jsonl")
+    records = read_results(out)
     rep = write_reports(records, out, header=_header(records))
     print(rep["text"], end="")
     _print_files(rep)
