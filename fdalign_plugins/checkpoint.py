@@ -9,6 +9,7 @@ state through ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, FDAlignError
 
 FORMAT = "fdalign-encoder"
 FORMAT_VERSION = 1
@@ -37,11 +38,16 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise FDAlignError(
+                f"disk full while writing {path} ({exc.strerror}); the previous version of the file is intact — "
+                "free some space and re-run the same command to continue"
+            ) from None
         raise
 
 

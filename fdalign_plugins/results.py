@@ -6,12 +6,13 @@ on the next open and cut off, so the file only ever holds whole records.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Tuple, Union
 
-from .errors import DataError
+from .errors import DataError, FDAlignError
 
 RecordKey = Tuple[str, str, str, int, int]
 
@@ -90,10 +91,18 @@ class ResultsFile:
         if key in self.done:
             return
         line = json.dumps(rec, sort_keys=True, allow_nan=True) + "\n"
-        with open(self.path, "ab") as fh:
-            fh.write(line.encode())
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(self.path, "ab") as fh:
+                fh.write(line.encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise FDAlignError(
+                    f"disk full while appending to {self.path} ({exc.strerror}); the records already written are "
+                    "intact — free some space and re-run the same command to continue"
+                ) from None
+            raise
         self.records.append(rec)
         if not rec.get("error"):
             self.done.add(key)

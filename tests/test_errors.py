@@ -1,0 +1,334 @@
+"""The bad-input catalogue of docs/errors.md, checked entry by entry.
+
+Each ``E..`` row of the catalogue quotes the message an input gets; each case below
+produces that input and returns the message actually printed or raised. A doc row
+without a case, or a case whose message no longer contains the quoted text, fails.
+"""
+
+import errno
+import json
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from fdalign_plugins.checkpoint import load_encoder_into, save_encoder
+from fdalign_plugins.cli.bench import main as bench_main
+from fdalign_plugins.cli.finetune import main as finetune_main
+from fdalign_plugins.errors import FDAlignError
+from fdalign_plugins.results import ResultsFile
+
+DOC = Path(__file__).parent.parent / "docs" / "errors.md"
+CASES = {}
+
+
+def case(eid):
+    def deco(fn):
+        CASES[eid] = fn
+        return fn
+    return deco
+
+
+def catalogue():
+    rows = {}
+    for line in DOC.read_text().splitlines():
+        m = re.match(r"\|\s*(E\d\d)\s*\|(.*)\|\s*`(.+)`\s*\|\s*$", line)
+        if m:
+            rows[m.group(1)] = m.group(3)
+    return rows
+
+
+def _cli(main, argv, capsys):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err
+    return err
+
+
+def _raises(fn, exc=FDAlignError):
+    with pytest.raises(exc) as info:
+        fn()
+    return str(info.value)
+
+
+@case("E01")
+def _missing_folder(env):
+    return _cli(finetune_main, env.base + ["--data", str(env.tmp / "nope")], env.capsys)
+
+
+@case("E02")
+def _empty_class(env):
+    (env.images / "empty_class").mkdir()
+    return _cli(finetune_main, env.base + ["--data", str(env.images)], env.capsys)
+
+
+@case("E03")
+def _corrupt_image(env):
+    (env.images / "green_circle" / "001.png").write_bytes(b"\x89PNG broken")
+    msg = _cli(finetune_main, env.base + ["--data", str(env.images)], env.capsys)
+    assert not (env.out).exists()  # failed before any training
+    return msg
+
+
+@case("E04")
+def _too_many_shots(env):
+    return _cli(finetune_main, env.base + ["--data", str(env.images), "--shots", "8"], env.capsys)
+
+
+@case("E05")
+def _short_class_warns(env):
+    from fdalign_plugins.datasets.sampling import sample_per_class
+
+    with pytest.warns(UserWarning) as w:
+        sample_per_class([0, 0, 1, 1, 1], 3, 0, 2)
+    return str(w[0].message)
+
+
+@case("E06")
+def _zero_shots(env):
+    return _cli(bench_main, ["--shots", "0"], env.capsys)
+
+
+@case("E07")
+def _negative_epochs(env):
+    return _cli(finetune_main, env.base + ["--epochs", "-3"], env.capsys)
+
+
+@case("E08")
+def _non_numeric(env):
+    return _cli(bench_main, ["--shots", "1,two"], env.capsys)
+
+
+@case("E09")
+def _unknown_adapter(env):
+    return _cli(bench_main, ["--adapter", "tip-x"], env.capsys)
+
+
+@case("E10")
+def _unknown_dataset(env):
+    return _cli(bench_main, ["--dataset", "imagenet-22k"], env.capsys)
+
+
+@case("E11")
+def _unknown_model(env):
+    return _cli(finetune_main, ["--model", "ViT-Q-99"], env.capsys)
+
+
+@case("E12")
+def _unknown_tag(env):
+    return _cli(finetune_main, ["--model", "ViT-B-32", "--pretrained", "openaii"], env.capsys)
+
+
+@case("E13")
+def _offline(env):
+    return _cli(finetune_main, ["--model", "ViT-B-32", "--pretrained", "openai"], env.capsys)
+
+
+@case("E14")
+def _missing_weights_file(env):
+    return _cli(finetune_main, ["--model", "ViT-B-32", "--pretrained", str(env.tmp / "vitb32.bin")], env.capsys)
+
+
+@case("E15")
+def _wrong_arch(env):
+    from fdalign_plugins.models import load_clip
+
+    small = load_clip(env.model, "none")
+    save_encoder(small.model.visual, env.tmp / "ck", {"model": env.model})
+    wide = load_clip("fdalign-test-tiny-wide", "none")
+    return _raises(lambda: load_encoder_into(wide.model, env.tmp / "ck"))
+
+
+@case("E16")
+def _truncated(env):
+    from fdalign_plugins.models import load_clip
+
+    b = load_clip(env.model, "none")
+    p = save_encoder(b.model.visual, env.tmp / "ck", {"model": env.model})
+    p.write_bytes(p.read_bytes()[:1000])
+    return _raises(lambda: load_encoder_into(b.model, p))
+
+
+@case("E17")
+def _pickle_checkpoint(env):
+    from fdalign_plugins.models import load_clip
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (env.tmp / "pwned",))
+
+    p = env.tmp / "encoder.safetensors"
+    p.write_bytes(pickle.dumps(Evil()))
+    b = load_clip(env.model, "none")
+    msg = _raises(lambda: load_encoder_into(b.model, p))
+    assert not (env.tmp / "pwned").exists()
+    return msg
+
+
+@case("E18")
+def _pickle_as_pretrained(env):
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (env.tmp / "pwned",))
+
+    p = env.tmp / "weights.bin"
+    p.write_bytes(pickle.dumps(Evil()))
+    msg = _cli(finetune_main, ["--model", env.model, "--pretrained", str(p)], env.capsys)
+    assert not (env.tmp / "pwned").exists()
+    return msg
+
+
+@case("E19")
+def _disk_full_results(env, monkeypatch=None):
+    p = env.tmp / "results.jsonl"
+    rec = {"dataset": "d", "adapter": "a", "encoder": "clip", "shots": 1, "seed": 1, "acc": {"test": 1.0}}
+    rf = ResultsFile(p)
+    rf.append(rec)
+    before = p.read_bytes()
+    import builtins
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, *a, **k):
+            self.fh = real_open(*a, **k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(data[:7])  # a partial line reaches the disk, then the disk is full
+            self.fh.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    env.monkeypatch.setattr(builtins, "open", Full)
+    msg = _raises(lambda: rf.append({**rec, "shots": 2}))
+    env.monkeypatch.setattr(builtins, "open", real_open)
+    assert ResultsFile(p).records == [rec] and p.read_bytes() == before  # torn tail cut, nothing lost
+    return msg
+
+
+@case("E20")
+def _disk_full_checkpoint(env):
+    import os
+
+    from fdalign_plugins import checkpoint
+    from fdalign_plugins.models import load_clip
+
+    b = load_clip(env.model, "none")
+    p = save_encoder(b.model.visual, env.tmp / "ck", {"model": env.model})
+    before = p.read_bytes()
+    real = os.fdopen
+
+    def full(fd, *a, **k):
+        fh = real(fd, *a, **k)
+
+        def write(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fh.write = write
+        return fh
+
+    env.monkeypatch.setattr(checkpoint.os, "fdopen", full)
+    msg = _raises(lambda: save_encoder(b.model.visual, env.tmp / "ck", {"model": env.model}))
+    env.monkeypatch.setattr(checkpoint.os, "fdopen", real)
+    assert p.read_bytes() == before and not list((env.tmp / "ck").glob("*.tmp"))
+    return msg
+
+
+@case("E21")
+def _nan_loss(env):
+    return _cli(finetune_main, env.base + ["--data", str(env.images), "--lr", "1e30", "--momentum", "0"], env.capsys)
+
+
+@case("E22")
+def _unknown_yaml_key(env):
+    p = env.tmp / "c.yaml"
+    p.write_text("shot: 4\n")
+    return _cli(bench_main, ["--config", str(p)], env.capsys)
+
+
+@case("E23")
+def _bad_yaml(env):
+    p = env.tmp / "c.yaml"
+    p.write_text("shots: [1, 2\n")
+    return _cli(bench_main, ["--config", str(p)], env.capsys)
+
+
+@case("E24")
+def _unknown_ood(env):
+    return _cli(bench_main, ["--ood", "imagenet-sketch", "--model", env.model, "--pretrained", "none",
+                             "--out", str(env.out)], env.capsys)
+
+
+@case("E25")
+def _bad_shard(env):
+    return _cli(bench_main, ["--shard", "4/4"], env.capsys)
+
+
+@case("E26")
+def _resume_other_config(env):
+    from fdalign_plugins.checkpoint import atomic_torch_save
+
+    env.out.mkdir(parents=True)
+    atomic_torch_save({"config": {"lr": 123.0}, "epoch": 1}, env.out / "train_state.pt")
+    return _cli(finetune_main, env.base + ["--data", str(env.images), "--resume"], env.capsys)
+
+
+@case("E27")
+def _no_data_root(env):
+    return _cli(bench_main, ["--dataset", "folder"], env.capsys)
+
+
+@case("E28")
+def _no_cuda(env):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    return _cli(finetune_main, env.base + ["--data", str(env.images), "--device", "cuda"], env.capsys)
+
+
+@case("E29")
+def _damaged_results(env):
+    from fdalign_plugins.results import read_results
+
+    p = env.tmp / "results.jsonl"
+    p.write_text('{"dataset": "d"}\nnot json\n{"dataset": "e"}\n')
+    return _raises(lambda: read_results(p))
+
+
+@case("E30")
+def _existing_checkpoint(env):
+    env.out.mkdir(parents=True)
+    (env.out / "encoder.safetensors").write_bytes(b"x")
+    return _cli(finetune_main, env.base + ["--data", str(env.images)], env.capsys)
+
+
+class Env:
+    pass
+
+
+@pytest.fixture()
+def env(tmp_path, capsys, monkeypatch, tiny_model_name, image_folder):
+    e = Env()
+    e.tmp, e.capsys, e.monkeypatch, e.model, e.images = tmp_path, capsys, monkeypatch, tiny_model_name, image_folder
+    e.out = tmp_path / "out"
+    e.base = ["--model", tiny_model_name, "--pretrained", "none", "--shots", "4", "--epochs", "2", "--out", str(e.out),
+              "--quiet"]
+    monkeypatch.chdir(tmp_path)
+    return e
+
+
+def test_catalogue_has_at_least_20_entries_and_a_case_each():
+    rows = catalogue()
+    assert len(rows) >= 20
+    assert sorted(rows) == sorted(CASES), "docs/errors.md and tests/test_errors.py list different entries"
+
+
+@pytest.mark.parametrize("eid", sorted(CASES))
+def test_catalogue_entry(eid, env):
+    expected = catalogue()[eid]
+    got = CASES[eid](env)
+    assert expected in got, f"{eid}: docs/errors.md quotes {expected!r}, the program says {got!r}"
