@@ -236,3 +236,33 @@ def test_failing_plugin_fails_its_record_not_the_sweep(tiny_model_name, tmp_path
     s2 = Runner(cfg, tmp_path / "r", log=lambda s: None).run()  # the failed records are retried
     assert s2.written == 2 and s2.failed == 0
     assert not any(r.get("error") for r in read_results(tmp_path / "r"))
+
+
+def test_reference_protocol_selects_on_test_and_says_so(small_config, tmp_path, capsys):
+    out = tmp_path / "ref"
+    rc = bench_main(["--config", str(small_config), "--adapter", "tip", "--shots", "1", "--protocol", "reference",
+                     "--out", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert text.startswith("!! REFERENCE PROTOCOL") and "selected on the TEST set" in text
+    recs = read_results(out)
+    assert all(r["protocol"] == "reference" and r["val_from"] == "test" for r in recs)
+    tip = [r for r in recs if r["adapter"] == "tip" and r["encoder"] == "clip"][0]
+    assert tip["val_acc"] == tip["acc"]["test"]  # "validation" is the test set here
+    fd = [r for r in recs if r["encoder"] == "fdalign"][0]
+    assert fd["finetune"]["kl_direction"] == "reference" and fd["finetune"]["head"] == "linear"
+    assert "REFERENCE PROTOCOL" in (out / "table.md").read_text()
+    # the standard protocol never does
+    rc = bench_main(["--config", str(small_config), "--adapter", "tip", "--shots", "1", "--out", str(tmp_path / "std"),
+                     "--quiet"])
+    assert rc == 0 and "REFERENCE" not in capsys.readouterr().out
+    assert all(r["val_from"] == "val" for r in read_results(tmp_path / "std"))
+
+
+def test_label_subset_restricts_predictions():
+    from fdalign_plugins.runner import _acc
+
+    logits = torch.tensor([[0.0, 5.0, 1.0, 0.5], [3.0, 0.0, 0.0, 2.0]])
+    labels = [2, 3]
+    assert _acc(logits, labels) == 0.0
+    assert _acc(logits, labels, [2, 3]) == 100.0  # class 1 and 0 are outside the 200-class subset

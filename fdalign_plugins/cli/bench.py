@@ -16,7 +16,7 @@ FLAG_KEYS = {
     "adapter": "adapters", "shots": "shots", "seeds": "seeds", "dataset": "dataset", "ood": "ood",
     "data_root": "data_root", "model": "model", "pretrained": "pretrained", "encoder": "encoder",
     "device": "device", "workers": "workers", "batch_size": "batch_size", "views": "views",
-    "cache_dir": "cache_dir",
+    "cache_dir": "cache_dir", "protocol": "protocol",
 }
 #: flag dest -> FinetuneConfig key (shortcuts into the config's ``finetune:`` section)
 FINETUNE_FLAGS = {"epochs": "epochs", "lr": "lr", "beta": "beta", "kl_direction": "kl_direction"}
@@ -53,6 +53,8 @@ def build_parser() -> OneLineParser:
     a("--kl-direction", metavar="D", help="overview (KL(P_ft||P_0), default) or reference (KL(P_0||P_ft))")
     a("--shard", metavar="i/n", help="run only shard i of n (0 <= i < n) of the (seed, shots, encoder) work items; "
       "writes results-shard<i>of<n>.jsonl (merge with --report)")
+    a("--protocol", metavar="P", help="standard (select on held-out validation, default) or reference (the released "
+      "code's choices, incl. selection on the TEST set; outputs say so)")
     a("--list", action="store_true", help="list adapters and datasets with the distribution each came from")
     a("--report", nargs="*", metavar="RESULTS", help="rebuild tables and plot from results.jsonl file(s)/folder(s) "
       "without computing; with no paths, from --out")
@@ -130,8 +132,13 @@ def _run(args) -> int:
 
 
 def _header(records) -> str:
+    from ..runner import REFERENCE_WARNING
+
     cfgs = {r.get("config", {}).get("model", "?") + "/" + str(r.get("config", {}).get("pretrained")) for r in records}
-    return f"fdalign-bench results ({len(records)} records; model {', '.join(sorted(cfgs))})"
+    head = f"fdalign-bench results ({len(records)} records; model {', '.join(sorted(cfgs))})"
+    if any(r.get("protocol") == "reference" for r in records):
+        head = f"!! {REFERENCE_WARNING}\n{head}"
+    return head
 
 
 def _print_files(rep) -> None:
