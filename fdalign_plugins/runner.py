@@ -27,7 +27,7 @@ import torch
 from . import __version__
 from .checkpoint import WEIGHTS_NAME, load_encoder_into, read_encoder
 from .config import FinetuneConfig, build_config, to_dict
-from .datasets import check_images, few_shot_split, load_dataset
+from .datasets import check_images, drop_unreadable, few_shot_split, load_dataset
 from .datasets.base import FewShotDataset
 from .errors import ConfigError, FDAlignError
 from .features import FeatureCache
@@ -272,6 +272,9 @@ class Runner:
         self.summary.cache = cache.stats
         (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
         ds = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+        if cfg.skip_corrupt:  # evaluation sets too: go on without what cannot be read, with a warning
+            ds = dataclasses.replace(ds, test=drop_unreadable(ds.test, f"{ds.name} test")[0],
+                                     ood={k: drop_unreadable(v, f"{ds.name} {k}")[0] for k, v in ds.ood.items()})
         if cfg.ood is None:
             ood_names = list(ds.ood)
         else:
@@ -295,8 +298,12 @@ class Runner:
                 split = few_shot_split(ds, shots, seed)
                 if cfg.protocol == "reference":
                     split = dataclasses.replace(split, val=ds.test, val_indices=[], val_from="test")
-                if not cfg.skip_corrupt:
+                if cfg.skip_corrupt:
+                    split = dataclasses.replace(split, support=drop_unreadable(split.support, f"the {shots}-shot support set")[0],
+                                                val=drop_unreadable(split.val, "the validation set")[0])
+                else:  # fail in seconds, before any training, rather than mid-run
                     check_images(split.support, f"the {shots}-shot support set")
+                    check_images(split.val, "the validation set")
                 if stock is None:
                     stock = load_clip(cfg.model, cfg.pretrained, device=self.device)
                     classifier = text_classifier(stock.model, stock.tokenizer, ds.classnames, ds.templates).cpu()

@@ -266,3 +266,19 @@ def test_label_subset_restricts_predictions():
     labels = [2, 3]
     assert _acc(logits, labels) == 0.0
     assert _acc(logits, labels, [2, 3]) == 100.0  # class 1 and 0 are outside the 200-class subset
+
+
+def test_skip_corrupt_goes_on_without_unreadable_images(tiny_model_name, tmp_path):
+    from conftest import make_image_folder
+
+    root = tmp_path / "data"
+    for s, n in (("train", 6), ("val", 3), ("test", 4)):
+        make_image_folder(root / s, per_class=n, seed=len(s))
+    (root / "train" / "red_square" / "000.png").write_bytes(b"broken")
+    (root / "test" / "blue_cross" / "001.png").write_bytes(b"broken")
+    base = dict(dataset="folder", data_root=str(root), dataset_options={}, adapters=["tip"], shots=[5])
+    with pytest.raises(Exception, match="unreadable image"):
+        Runner(_cfg(tiny_model_name, **base), tmp_path / "a", log=lambda s: None).run()
+    with pytest.warns(UserWarning, match="unreadable"):
+        s = Runner(_cfg(tiny_model_name, skip_corrupt=True, **base), tmp_path / "b", log=lambda s: None).run()
+    assert s.written == 4

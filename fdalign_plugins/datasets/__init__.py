@@ -7,15 +7,18 @@ from typing import Any, List, Optional
 
 from ..errors import DataError
 from .base import ArraySplit, FewShotDataset, FileSplit, ImageSplit, SubsetSplit
+from .episodic import sample_episode
 from .sampling import FewShotSplit, few_shot_split, sample_per_class
+from .splitjson import drop_unreadable
 
 __all__ = [
     "ArraySplit", "FewShotDataset", "FileSplit", "ImageSplit", "SubsetSplit",
-    "FewShotSplit", "few_shot_split", "sample_per_class", "load_dataset", "check_images",
+    "FewShotSplit", "few_shot_split", "sample_per_class", "load_dataset", "check_images", "drop_unreadable",
+    "sample_episode",
 ]
 
 
-def load_dataset(name: str, root: Optional[str] = None, **options: Any) -> FewShotDataset:
+def load_dataset(name: str, root: Optional[str] = None, /, **options: Any) -> FewShotDataset:
     """Build the dataset registered as ``name`` (built-in or plugin).
 
     Raises:
