@@ -15,7 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-ADAPTER_LABELS = {"zero-shot": "Zero-shot", "tip": "Tip", "tip-f": "Tip-F", "ape": "APE", "ape-t": "APE-T"}
+ADAPTER_LABELS = {"zero-shot": "Zero-shot", "tip": "Tip", "tip-f": "Tip-F", "ape": "APE", "ape-t": "APE-T",
+                  "protonet": "Cosine prototypes"}
 ENCODER_SUFFIX = {"clip": "", "fdalign": " + FD-Align", "finetune": " + FT"}
 ZERO_SHOT_ROWS = {"clip": "CLIP (zero-shot)", "fdalign": "FD-Align", "finetune": "Full fine-tuning"}
 ENCODER_ORDER = ["clip", "fdalign", "finetune"]

@@ -47,6 +47,7 @@ REFERENCE_WARNING = ("REFERENCE PROTOCOL (mimics the released code): epochs and 
 ENCODER_CLIP = "clip"
 ENCODER_FDALIGN = "fdalign"
 ENCODER_FINETUNE = "finetune"
+ENCODERS = (ENCODER_CLIP, ENCODER_FDALIGN, ENCODER_FINETUNE)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class BenchConfig:
     model: str = DEFAULT_MODEL
     pretrained: Optional[str] = None
     encoder: Optional[str] = None
+    encoders: List[str] = field(default_factory=lambda: [ENCODER_CLIP, ENCODER_FDALIGN])
     baselines: bool = False
     views: int = 10
     view_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
@@ -74,6 +76,8 @@ class BenchConfig:
     cache_dir: Optional[str] = None
     skip_corrupt: bool = False
     protocol: str = "standard"
+    mode: str = "adapters"
+    episodic: Dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "BenchConfig":
         if not self.adapters:
@@ -88,6 +92,15 @@ class BenchConfig:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        bad = [e for e in self.encoders if e not in ENCODERS]
+        if bad or not self.encoders:
+            raise ConfigError(f"encoders must be a non-empty list of {', '.join(ENCODERS)}; got {self.encoders}")
+        if self.mode not in ("adapters", "episodic"):
+            raise ConfigError(f"mode must be adapters (CoOp-style few-shot) or episodic (N-way K-shot); got {self.mode!r}")
+        if self.mode == "episodic":
+            from .protocols import EpisodicConfig
+
+            build_config(EpisodicConfig, self.episodic, source="episodic")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {self.protocol!r}")
         if len(self.view_scale) != 2 or not (0 < self.view_scale[0] <= self.view_scale[1] <= 1):
@@ -263,6 +276,10 @@ class Runner:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> RunSummary:
+        if self.cfg.mode == "episodic":
+            from .protocols import run_episodic
+
+            return run_episodic(self)
         t_start = time.time()
         cfg = self.cfg
         adapters = resolve_adapters(cfg.adapters)
@@ -283,7 +300,7 @@ class Runner:
                 raise ConfigError(f"unknown OOD set(s) {', '.join(unknown)} for {ds.name}; valid: {', '.join(ds.ood) or '(none)'}")
             ood_names = list(cfg.ood)
         self._ood = {k: ds.ood[k] for k in ood_names}
-        encoders = [ENCODER_CLIP, ENCODER_FDALIGN] + ([ENCODER_FINETUNE] if cfg.baselines else [])
+        encoders = list(dict.fromkeys(cfg.encoders + ([ENCODER_FINETUNE] if cfg.baselines else [])))
         stock = None
         classifier = None
         mine = set(work_items(cfg, encoders, self.shard))

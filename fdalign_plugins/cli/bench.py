@@ -55,6 +55,8 @@ def build_parser() -> OneLineParser:
       "writes results-shard<i>of<n>.jsonl (merge with --report)")
     a("--protocol", metavar="P", help="standard (select on held-out validation, default) or reference (the released "
       "code's choices, incl. selection on the TEST set; outputs say so)")
+    a("--reproduce", metavar="TABLE", help="run a published table's config (benchmarks/paper/TABLE.yaml, or a path) "
+      "and print ours, published and the difference side by side; flags and --config apply to every run")
     a("--list", action="store_true", help="list adapters and datasets with the distribution each came from")
     a("--report", nargs="*", metavar="RESULTS", help="rebuild tables and plot from results.jsonl file(s)/folder(s) "
       "without computing; with no paths, from --out")
@@ -90,9 +92,13 @@ def _run(args) -> int:
 
     if args.list:
         from ..plugins import format_listing
+        from ..reproduce import list_tables
 
         print(format_listing())
+        print(f"\npaper tables (--reproduce): {', '.join(list_tables()) or '(none found)'}")
         return 0
+    if args.reproduce:
+        return _reproduce(args)
     if args.report is not None:
         from ..report import write_reports
         from ..results import read_results
@@ -107,9 +113,11 @@ def _run(args) -> int:
         _print_files(rep)
         return 0
 
+    from ..distributed import init_from_env
     from ..report import write_reports
     from ..runner import Runner, default_out
 
+    init_from_env()  # under torchrun: join the process group (no-op in a single process)
     t0 = time.time()
     cfg = _bench_config(args)
     out = Path(args.out) if args.out else default_out(cfg)
@@ -129,6 +137,31 @@ def _run(args) -> int:
           f"{summary.finetuned} encoder(s) fine-tuned; features computed {st.computed}, from cache {st.hits}; "
           f"total {time.time() - t0:.1f} s", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _reproduce(args) -> int:
+    from ..checkpoint import atomic_write_bytes
+    from ..config import read_yaml
+    from ..reproduce import find_table, header, load_table, run_table, side_by_side
+
+    path = find_table(args.reproduce)
+    spec = load_table(path)
+    yaml_layer = read_yaml(args.config) if args.config else None
+    flags = {FLAG_KEYS[k]: v for k, v in vars(args).items() if k in FLAG_KEYS and v is not None}
+    ft = {FINETUNE_FLAGS[k]: v for k, v in vars(args).items() if k in FINETUNE_FLAGS and v is not None}
+    if ft:
+        flags["finetune"] = ft
+    if "ood" in flags and flags["ood"].strip() == "":
+        flags["ood"] = []
+    out = Path(args.out) if args.out else Path("runs") / f"reproduce-{path.stem}"
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    records = run_table(spec, out, [yaml_layer, flags], log=log, progress=not args.quiet and sys.stderr.isatty())
+    text, md = side_by_side(spec, records)
+    head = header(spec, records)
+    print(head + "\n\n" + text, end="")
+    atomic_write_bytes(out / "reproduce.md", (head.replace("\n", "  \n") + "\n\n" + md).encode())
+    print(f"written: {out / 'reproduce.md'}", file=sys.stderr)
+    return 0
 
 
 def _header(records) -> str:

@@ -1,0 +1,286 @@
+"""The N-way K-shot protocol (SPEC §4.3): episodic FD-Align fine-tuning on base classes,
+evaluation with cosine prototypes of support features on novel classes / other datasets.
+
+* Fine-tuning: each step draws an episode from the base-class pool (``n_way`` classes,
+  ``train_shot`` support + ``query`` query images each); the class loss is cross-entropy
+  of ``τ·cos(query, prototype)`` with prototypes the normalised mean support features;
+  the spurious KL (SPEC §1, over the base classes' spurious prototypes after SPC) is
+  computed on every image of the episode against the frozen encoder.
+* Evaluation: features of the whole evaluation pool are extracted once (cached);
+  ``episodes`` episodes per repeat, ``repeats`` repeats; reported as the mean over repeats
+  ± 1.96 · std over the repeats' means.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import WEIGHTS_NAME, atomic_torch_save, load_encoder_into, save_encoder
+from .config import FinetuneConfig, build_config, to_dict
+from .datasets.base import ImageSplit
+from .datasets.episodic import EpisodeSampler, episode_labels
+from .errors import CheckpointError, ConfigError, TrainingError
+from .losses import cosine_logits, spurious_kl, total_loss
+from .models import ClipBundle, state_fingerprint
+from .prompts import normalise
+from .trainer import cosine_lambda, epoch_seed, resolve_device, text_prototypes
+
+STATE_NAME = "episodic_state.pt"
+
+
+@dataclass
+class EpisodicConfig:
+    """Settings of the N-way K-shot protocol (the ``episodic:`` section of a bench config).
+
+    The evaluated K values are the run's ``shots``; the default is the paper's 5-way,
+    15 queries, 2 000 episodes × 5 repeats.
+    """
+
+    n_way: int = 5
+    query: int = 15
+    episodes: int = 2000
+    repeats: int = 5
+    train_shot: int = 5
+    train_query: int = 15
+    train_episodes: int = 100
+    val_episodes: int = 100
+    eval_sets: List[str] = field(default_factory=list)
+    short: str = "skip"
+
+    def validate(self) -> "EpisodicConfig":
+        for k in ("n_way", "episodes", "repeats", "train_shot", "train_episodes"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"episodic.{k} must be a positive integer, got {getattr(self, k)}")
+        if self.query <= 0 or self.train_query < 0 or self.val_episodes < 0:
+            raise ConfigError("episodic.query must be > 0, train_query and val_episodes >= 0")
+        if self.short not in ("error", "skip"):
+            raise ConfigError(f"episodic.short must be error or skip, got {self.short!r}")
+        return self
+
+
+def prototype_logits(support: torch.Tensor, n_way: int, k_shot: int, query: torch.Tensor, tau: float) -> torch.Tensor:
+    """``τ · cos(query, p_c)`` with ``p_c`` the normalised mean of class c's support features.
+
+    Args:
+        support: ``[n_way * k_shot, D]`` class-major support features.
+        query: ``[Q, D]`` query features.
+    """
+    protos = normalise(normalise(support).view(n_way, k_shot, -1).mean(1))  # [n_way, D]
+    return cosine_logits(query, protos, tau)
+
+
+def evaluate_episodes(feats: torch.Tensor, labels: np.ndarray, n_way: int, k_shot: int, n_query: int,
+                      episodes: int, repeats: int, seed: int, short: str = "skip") -> Tuple[float, float, List[float]]:
+    """Mean accuracy over ``repeats`` × ``episodes`` episodes and 1.96·std over the repeats.
+
+    Args:
+        feats: ``[N, D]`` features of the evaluation pool.
+        labels: ``[N]`` classes.
+
+    Returns:
+        ``(mean %, 1.96 * std of the repeat means, repeat means)``.
+    """
+    sampler = EpisodeSampler(labels, n_way, k_shot, n_query, short=short)
+    f = normalise(feats.float())
+    y = torch.as_tensor(episode_labels(n_way, n_query))
+    means = []
+    for r in range(repeats):
+        rng = np.random.default_rng([seed, k_shot, r])
+        correct = 0
+        for _ in range(episodes):
+            s_idx, q_idx, _ = sampler.sample(rng)
+            logits = prototype_logits(f[torch.as_tensor(s_idx)], n_way, k_shot, f[torch.as_tensor(q_idx)], 1.0)
+            correct += int((logits.argmax(-1) == y).sum())
+        means.append(100.0 * correct / (episodes * n_way * n_query))
+    std = float(np.std(means, ddof=0)) if len(means) > 1 else 0.0
+    return float(np.mean(means)), 1.96 * std, means
+
+
+def _episode_batch(split: ImageSplit, idx: np.ndarray, transform: Callable, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return torch.stack([transform(split.load(int(i))) for i in idx])
+
+
+def episodic_finetune(bundle: ClipBundle, pool: ImageSplit, classnames: Sequence[str], cfg: FinetuneConfig,
+                      ecfg: EpisodicConfig, val: Optional[ImageSplit] = None, out_dir: Optional[Path] = None,
+                      log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Episodic FD-Align fine-tuning of ``bundle.model.visual`` on the base-class pool.
+
+    Saves its state after every epoch (``out_dir/episodic_state.pt``) and resumes from
+    it; writes ``encoder.safetensors`` + sidecar at the end. Returns the sidecar.
+    """
+    device = resolve_device(cfg.device)
+    model = bundle.model.to(device).eval()
+    tau = bundle.logit_scale
+    protos = text_prototypes(bundle, classnames, cfg)
+    spur = protos.spur_protos.to(device)
+    visual = model.visual
+    frozen = copy.deepcopy(visual).eval().requires_grad_(False) if cfg.beta > 0 else None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    visual.requires_grad_(True)
+    params = list(visual.parameters())
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                              weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * ecfg.train_episodes
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, cfg.warmup_iters))
+    sampler = EpisodeSampler(pool.labels, ecfg.n_way, ecfg.train_shot, ecfg.train_query, short=ecfg.short)
+    y = torch.as_tensor(episode_labels(ecfg.n_way, ecfg.train_query)).to(device)
+    tf = bundle.train_transform(scale=cfg.aug_scale)
+    cfg_dict = {"finetune": to_dict(cfg), "episodic": to_dict(ecfg)}
+    val_eval = None
+    if val is not None and len(val) and ecfg.val_episodes:
+        from .trainer import encode_images
+
+        def val_eval() -> float:
+            f = encode_images(visual, val, bundle.eval_transform, device=device)
+            return evaluate_episodes(f, val.labels, ecfg.n_way, ecfg.train_shot, ecfg.query, ecfg.val_episodes, 1,
+                                     cfg.seed, short=ecfg.short)[0]
+
+    history: List[Dict[str, Any]] = []
+    best: Dict[str, Any] = {"epoch": 0, "acc": -1.0, "visual": None}
+    start = 1
+    state_path = Path(out_dir) / STATE_NAME if out_dir else None
+    if state_path is not None and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        if state.get("config") != cfg_dict:
+            raise CheckpointError(f"training state {state_path} was made with another config; use a new output folder")
+        visual.load_state_dict(state["visual"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, best, start = list(state["history"]), state["best"], int(state["epoch"]) + 1
+        log(f"resuming episodic fine-tuning after epoch {start - 1}")
+    t_start = time.time()
+    for epoch in range(start, cfg.epochs + 1):
+        visual.train()
+        rng = np.random.default_rng(epoch_seed(cfg.seed, epoch))
+        sums = {"class": 0.0, "spurious": 0.0}
+        for step in range(ecfg.train_episodes):
+            s_idx, q_idx, _ = sampler.sample(rng)
+            x = _episode_batch(pool, np.concatenate([s_idx, q_idx]), tf, epoch_seed(cfg.seed, epoch) + step).to(device)
+            feats = visual(x)  # [n_way * (shot + query), D]
+            n_s = len(s_idx)
+            l_class = F.cross_entropy(prototype_logits(feats[:n_s], ecfg.n_way, ecfg.train_shot, feats[n_s:], tau), y)
+            if frozen is not None:
+                with torch.no_grad():
+                    feats0 = frozen(x)
+                l_spur = spurious_kl(feats, feats0, spur, tau, cfg.kl_direction)
+            else:
+                l_spur = torch.zeros((), device=device)
+            loss = total_loss(l_class, l_spur, cfg.alpha, cfg.beta)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, episode {step + 1}; lower the learning "
+                                    "rate (lr) or set grad_clip")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            sums["class"] += float(l_class)
+            sums["spurious"] += float(l_spur)
+        acc = val_eval() if val_eval else float("nan")
+        rec = {"epoch": epoch, "l_class": sums["class"] / ecfg.train_episodes,
+               "l_spurious": sums["spurious"] / ecfg.train_episodes, "val_acc": acc}
+        history.append(rec)
+        if val_eval is None or acc > best["acc"]:
+            best = {"epoch": epoch, "acc": acc if val_eval else -1.0,
+                    "visual": {k: v.detach().clone() for k, v in visual.state_dict().items()}}
+        log(f"episodic epoch {epoch}/{cfg.epochs}  L_class {rec['l_class']:.4f}  "
+            f"L_spurious {max(0.0, rec['l_spurious']):.4f}  val {acc:.2f}%")
+        if state_path is not None:
+            atomic_torch_save({"epoch": epoch, "visual": visual.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "history": history, "best": best,
+                               "config": cfg_dict}, state_path)
+    if best["visual"] is not None:
+        visual.load_state_dict(best["visual"])
+    visual.eval().requires_grad_(False)
+    meta = {"model": bundle.model_name, "pretrained": bundle.pretrained, "dataset": cfg.dataset, "protocol": "episodic",
+            "seed": cfg.seed, "config": cfg_dict, "history": history, "best_epoch": best["epoch"],
+            "encoder_fingerprint": state_fingerprint(visual), "train_seconds": time.time() - t_start,
+            "spc": None if protos.spc is None else {"kept_indices": protos.spc.kept}}
+    if out_dir is not None:
+        save_encoder(visual, Path(out_dir) / WEIGHTS_NAME, meta, {"spurious_prototypes": protos.spur_protos})
+        if state_path.exists():
+            state_path.unlink()
+    return meta
+
+
+def run_episodic(runner) -> Any:
+    """The episodic protocol for :class:`~fdalign_plugins.runner.Runner` (``mode: episodic``)."""
+    import hashlib
+    import json
+
+    from .datasets import load_dataset
+    from .features import FeatureCache
+    from .models import load_clip
+    from .results import ResultsFile
+    from .runner import ENCODER_CLIP, ENCODER_FDALIGN, _versions
+
+    cfg = runner.cfg
+    ecfg = build_config(EpisodicConfig, cfg.episodic, source="episodic")
+    t0 = time.time()
+    results = ResultsFile(runner.out / "results.jsonl")
+    cache = FeatureCache(Path(cfg.cache_dir) if cfg.cache_dir else runner.out / "cache", batch_size=cfg.batch_size,
+                         workers=cfg.workers, device=runner.device, progress=runner.progress)
+    runner.summary.cache = cache.stats
+    ds = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+    pools = {"test": ds.test}
+    for name in ecfg.eval_sets:  # "miniimagenet", or "episodic_folder:cub" for a set of a generic loader
+        base, _, set_name = name.partition(":")
+        other = load_dataset(base, cfg.data_root, **({"set_name": set_name} if set_name else {}))
+        pools[name] = other.test
+    encoders = [e for e in cfg.encoders if e in (ENCODER_CLIP, ENCODER_FDALIGN)]
+    for seed in cfg.seeds:
+        for enc in encoders:
+            todo = [k for k in cfg.shots if (ds.name, "protonet", enc, k, seed) not in results]
+            runner.summary.skipped += len(cfg.shots) - len(todo)
+            if not todo:
+                continue
+            bundle = load_clip(cfg.model, cfg.pretrained, device=runner.device)
+            if enc == ENCODER_FDALIGN:
+                fcfg = cfg.finetune_config(ecfg.train_shot, seed)
+                key = hashlib.sha256(json.dumps({"f": to_dict(fcfg), "e": to_dict(ecfg), "pool": ds.train.identity()},
+                                                sort_keys=True, default=str).encode()).hexdigest()[:10]
+                d = runner.out / "encoders" / f"episodic-seed{seed}-{key}"
+                if cfg.encoder:
+                    load_encoder_into(bundle.model, cfg.encoder)
+                elif (d / WEIGHTS_NAME).is_file():
+                    load_encoder_into(bundle.model, d)
+                else:
+                    runner.log(f"  episodic FD-Align fine-tuning on {ds.name} base classes -> {d}")
+                    episodic_finetune(bundle, ds.train, ds.classnames, fcfg, ecfg, val=ds.val, out_dir=d,
+                                      log=lambda s: runner.log("    " + s))
+                    runner.summary.finetuned += 1
+            visual = bundle.model.visual.to(runner.device)
+            fp = state_fingerprint(visual)
+            feats = {n: cache.features(visual, fp, p, bundle.eval_transform, desc=f"{enc} {n}") for n, p in pools.items()}
+            for k in todo:
+                acc, ci = {}, {}
+                for n, p in pools.items():
+                    acc[n], ci[n], _ = evaluate_episodes(feats[n], p.labels, ecfg.n_way, k, ecfg.query, ecfg.episodes,
+                                                         ecfg.repeats, seed, short=ecfg.short)
+                rec = {"dataset": ds.name, "adapter": "protonet", "encoder": enc, "shots": k, "seed": seed,
+                       "acc": acc, "ci95": ci, "hparams": {"n_way": ecfg.n_way, "query": ecfg.query,
+                                                          "episodes": ecfg.episodes, "repeats": ecfg.repeats},
+                       "encoder_fingerprint": fp, "protocol": "episodic", "config": to_dict(cfg),
+                       "versions": _versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                results.append(rec)
+                runner.summary.written += 1
+                runner.log(f"  {ds.name} {ecfg.n_way}-way {k}-shot seed {seed} [{enc:>8}]  "
+                           + "  ".join(f"{n} {acc[n]:.2f}±{ci[n]:.2f}" for n in pools))
+    runner.summary.seconds = time.time() - t0
+    return runner.summary
