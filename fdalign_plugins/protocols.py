@@ -28,6 +28,7 @@ from torch import nn
 from .checkpoint import WEIGHTS_NAME, atomic_torch_save, load_encoder_into, save_encoder
 from .config import FinetuneConfig, build_config, to_dict
 from .datasets.base import ImageSplit
+from .distributed import is_main
 from .datasets.episodic import EpisodeSampler, episode_labels
 from .errors import CheckpointError, ConfigError, TrainingError
 from .losses import cosine_logits, spurious_kl, total_loss
@@ -190,8 +191,8 @@ def episodic_finetune(bundle: ClipBundle, pool: ImageSplit, classnames: Sequence
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
-            sums["class"] += float(l_class)
-            sums["spurious"] += float(l_spur)
+            sums["class"] += float(l_class.detach())
+            sums["spurious"] += float(l_spur.detach())
         acc = val_eval() if val_eval else float("nan")
         rec = {"epoch": epoch, "l_class": sums["class"] / ecfg.train_episodes,
                "l_spurious": sums["spurious"] / ecfg.train_episodes, "val_acc": acc}
@@ -278,7 +279,8 @@ def run_episodic(runner) -> Any:
                                                           "episodes": ecfg.episodes, "repeats": ecfg.repeats},
                        "encoder_fingerprint": fp, "protocol": "episodic", "config": to_dict(cfg),
                        "versions": _versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                results.append(rec)
+                if is_main():
+                    results.append(rec)
                 runner.summary.written += 1
                 runner.log(f"  {ds.name} {ecfg.n_way}-way {k}-shot seed {seed} [{enc:>8}]  "
                            + "  ".join(f"{n} {acc[n]:.2f}±{ci[n]:.2f}" for n in pools))

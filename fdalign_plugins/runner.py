@@ -29,6 +29,7 @@ from .checkpoint import WEIGHTS_NAME, load_encoder_into, read_encoder
 from .config import FinetuneConfig, build_config, to_dict
 from .datasets import check_images, drop_unreadable, few_shot_split, load_dataset
 from .datasets.base import FewShotDataset
+from .distributed import is_main
 from .errors import ConfigError, FDAlignError
 from .features import FeatureCache
 from .models import DEFAULT_MODEL, ClipBundle, load_clip, state_fingerprint
@@ -263,7 +264,8 @@ class Runner:
             rec.update(acc=None, error=f"{type(exc).__name__}: {exc}")
             warnings.warn(f"adapter {adapter!r} failed on {ds.name} {shots}-shot seed {seed} ({enc_label}): {rec['error']}")
         rec.update(config=to_dict(self.cfg), versions=_versions(), time=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        results.append(rec)
+        if is_main():  # under torchrun every rank computes the record; rank 0 writes it
+            results.append(rec)
         if rec.get("error"):
             self.summary.failed += 1
             self.log(f"  FAILED {adapter} [{enc_label}] {shots}-shot seed {seed}: {rec['error']}")
@@ -287,7 +289,8 @@ class Runner:
         cache = FeatureCache(Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache", batch_size=cfg.batch_size,
                              workers=cfg.workers, device=self.device, progress=self.progress)
         self.summary.cache = cache.stats
-        (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+        if is_main():
+            (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
         ds = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
         if cfg.skip_corrupt:  # evaluation sets too: go on without what cannot be read, with a warning
             ds = dataclasses.replace(ds, test=drop_unreadable(ds.test, f"{ds.name} test")[0],

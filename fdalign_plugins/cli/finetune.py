@@ -37,10 +37,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _run(args) -> int:
     from ..checkpoint import WEIGHTS_NAME, read_encoder
     from ..datasets import check_images, few_shot_split, load_dataset
+    from ..distributed import init_from_env, is_main
     from ..errors import ConfigError
     from ..models import load_clip
     from ..trainer import finetune
 
+    init_from_env()  # under torchrun: join the process group (no-op in a single process)
     yaml_layer = read_yaml(args.config) if args.config else None
     flags = flag_overrides(args, FinetuneConfig)
     if args.data:
@@ -59,15 +61,18 @@ def _run(args) -> int:
     split = few_shot_split(ds, cfg.shots, cfg.seed, cfg.val_shots)
     check_images(split.support, f"the {cfg.shots}-shot support set of {ds.name}")
     check_images(split.val, f"the validation set of {ds.name}")
-    print(f"{PROG}: {bundle.model_name} ({bundle.pretrained}) on {ds.name}: {len(ds.classnames)} classes, "
-          f"{len(split.support)} support / {len(split.val)} validation images (validation from {split.val_from})",
-          file=sys.stderr)
+    main_rank = is_main()
+    if main_rank:
+        print(f"{PROG}: {bundle.model_name} ({bundle.pretrained or 'random init'}) on {ds.name}: {len(ds.classnames)} classes, "
+              f"{len(split.support)} support / {len(split.val)} validation images (validation from {split.val_from})",
+              file=sys.stderr)
     res = finetune(
         bundle, split.support, ds.classnames, cfg, val=split.val, out_dir=out, resume=args.resume,
         progress=not args.quiet and sys.stderr.isatty(), log=lambda s: print(s, file=sys.stderr),
         extra_metadata={"support_indices": split.support_indices, "val_indices": split.val_indices},
     )
-    print(f"checkpoint: {res.checkpoint} (best epoch {res.best_epoch}, sidecar {res.checkpoint.with_suffix('.json')})")
+    if main_rank:
+        print(f"checkpoint: {res.checkpoint} (best epoch {res.best_epoch}, sidecar {res.checkpoint.with_suffix('.json')})")
     return 0
 
 
