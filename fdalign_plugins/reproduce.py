@@ -144,8 +144,8 @@ def header(spec: Dict[str, Any], records: Dict[str, List[Dict[str, Any]]]) -> st
     lines.append(f"Reproduction: {spec.get('title', '')}")
     if spec.get("source"):
         lines.append(f"Published: {spec['source']}")
-    models = sorted({f"{r['config']['model']}/{r['config']['pretrained']}" for rs in records.values() for r in rs
-                     if r.get("config")})
+    models = sorted({r["encoder_source"] for rs in records.values() for r in rs
+                     if r.get("encoder") == "clip" and r.get("encoder_source")})
     if models:
         lines.append(f"Ours: model {', '.join(models)}; {sum(len(v) for v in records.values())} records")
     return "\n".join(lines)

@@ -332,7 +332,7 @@ class Runner:
                     if not pending:
                         continue
                     if enc == ENCODER_CLIP:
-                        bundle, extra = stock, {"encoder_source": f"{cfg.model}/{cfg.pretrained}"}
+                        bundle, extra = stock, {"encoder_source": f"{stock.model_name}/{stock.pretrained or 'none'}"}
                     elif enc == ENCODER_FDALIGN and cfg.encoder:
                         bundle, extra = self._user_encoder(), {"encoder_source": str(cfg.encoder)}
                     else:

@@ -167,7 +167,7 @@ def _reproduce(args) -> int:
 def _header(records) -> str:
     from ..runner import REFERENCE_WARNING
 
-    cfgs = {r.get("config", {}).get("model", "?") + "/" + str(r.get("config", {}).get("pretrained")) for r in records}
+    cfgs = {r["encoder_source"] for r in records if r.get("encoder") == "clip" and r.get("encoder_source")}
     head = f"fdalign-bench results ({len(records)} records; model {', '.join(sorted(cfgs))})"
     if any(r.get("protocol") == "reference" for r in records):
         head = f"!! {REFERENCE_WARNING}\n{head}"
