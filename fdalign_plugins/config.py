@@ -56,7 +56,8 @@ class FinetuneConfig:
     grad_accum: int = 1
     grad_clip: float = 0.0
     warmup_iters: int = 0
-    aug_scale: Tuple[float, float] = (0.08, 1.0)
+    aug_scale: Tuple[float, float] = (0.5, 1.0)
+    freeze_bn: bool = True
     val_shots: int = 4
     select: str = "val"
     # execution

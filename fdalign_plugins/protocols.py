@@ -34,7 +34,7 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .losses import cosine_logits, spurious_kl, total_loss
 from .models import ClipBundle, state_fingerprint
 from .prompts import normalise
-from .trainer import cosine_lambda, epoch_seed, resolve_device, text_prototypes
+from .trainer import cosine_lambda, epoch_seed, resolve_device, set_train_mode, text_prototypes
 
 STATE_NAME = "episodic_state.pt"
 
@@ -166,7 +166,7 @@ def episodic_finetune(bundle: ClipBundle, pool: ImageSplit, classnames: Sequence
         log(f"resuming episodic fine-tuning after epoch {start - 1}")
     t_start = time.time()
     for epoch in range(start, cfg.epochs + 1):
-        visual.train()
+        set_train_mode(visual, cfg.freeze_bn)
         rng = np.random.default_rng(epoch_seed(cfg.seed, epoch))
         sums = {"class": 0.0, "spurious": 0.0}
         for step in range(ecfg.train_episodes):

@@ -276,6 +276,21 @@ def fdalign_losses(
     return _student_losses(Student(visual, head), frozen, images, labels, protos, tau, cfg)
 
 
+def set_train_mode(module: nn.Module, freeze_bn: bool) -> nn.Module:
+    """``module.train()``, keeping BatchNorm layers in eval mode when ``freeze_bn``.
+
+    A few augmented shots per class are too few to re-estimate BatchNorm statistics
+    (CLIP's ResNets); frozen statistics keep the fine-tuned encoder's features on the
+    scale of the frozen reference. ViTs have no BatchNorm: no effect there.
+    """
+    module.train()
+    if freeze_bn:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    return module
+
+
 def cosine_lambda(total_iters: int, warmup_iters: int = 0) -> Callable[[int], float]:
     """LR multiplier: linear warm-up then cosine to 0, stepped per iteration."""
     def f(it: int) -> float:
@@ -465,7 +480,7 @@ def finetune(
                 logits = head(normalise(f)) if head is not None else cosine_logits(f, protos.class_protos, tau)
                 correct += int((logits.argmax(-1) == y).sum())
                 n += len(y)
-        visual.train()
+        set_train_mode(visual, cfg.freeze_bn)
         if world > 1:
             correct, n = (int(v) for v in dist_utils.all_reduce_floats([correct, n]))
         return 100.0 * correct / n
@@ -478,7 +493,7 @@ def finetune(
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.time()
         torch.manual_seed(epoch_seed(cfg.seed, epoch) + rank)  # any other randomness (e.g. dropout) restarts too
-        student.train()
+        set_train_mode(student, cfg.freeze_bn)
         loader = make_loader(support, train_tf, cfg.batch_size, cfg.seed, epoch, cfg.workers, rank, world)
         shares = loader.batch_sampler.shares
         sums = {"class": 0.0, "spurious": 0.0, "total": 0.0}

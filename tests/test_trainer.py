@@ -201,3 +201,24 @@ def test_linear_head_initialised_from_prototypes(tiny_model_name, task):
     res = finetune(b, split.support, ds.classnames, cfg, progress=False, log=lambda s: None)
     assert torch.allclose(res.head.weight, b.logit_scale * res.protos.class_protos, atol=1e-5)
     assert torch.equal(res.head.bias, torch.zeros(3))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_bn_keeps_batchnorm_statistics(image_folder, freeze):
+    from fdalign_plugins.models import register_model_config
+
+    register_model_config("fdalign-test-tiny-rn", {
+        "embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}})
+    ds = build_folder_dataset(image_folder)
+    split = few_shot_split(ds, 4, 0, val_shots=2)
+    cfg = _cfg("fdalign-test-tiny-rn", epochs=1, freeze_bn=freeze)
+    b = load_clip("fdalign-test-tiny-rn", "none")
+    bn = [m for m in b.model.visual.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in bn]
+    w0 = b.model.visual.conv1.weight.detach().clone()
+    finetune(b, split.support, ds.classnames, cfg, val=split.val, progress=False, log=lambda s: None,
+             )
+    same = all(torch.equal(m.running_mean, r) for m, r in zip(bn, before))
+    assert same == freeze
+    assert not torch.equal(b.model.visual.conv1.weight, w0)  # the weights were trained either way
