@@ -51,7 +51,7 @@ class FinetuneConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 64
     grad_accum: int = 1
     grad_clip: float = 0.0

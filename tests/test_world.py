@@ -1,0 +1,251 @@
+"""The synthetic style-shift world: generator, splits, cache, shipped model, pretraining."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fdalign_plugins.prompts import IMAGENET_TEMPLATES  # noqa: E402
+from fdalign_plugins.world import generator as gen  # noqa: E402
+from fdalign_plugins.world.dataset import (  # noqa: E402
+    SPLIT_STREAMS,
+    build_world_dataset,
+    cache_key,
+    generate_split,
+)
+
+#: Zero-shot top-1 (%) of the shipped model on the fixed sample of
+#: ``test_shipped_model_zero_shot_floor``, measured when the weights were made, minus a
+#: margin for numerical noise across platforms. Update it with the weights.
+SHIPPED_SAMPLE_ACC = 67.5
+ZERO_SHOT_FLOOR = SHIPPED_SAMPLE_ACC - 8.0
+
+
+def _rows(images: np.ndarray) -> set:
+    return {hashlib.sha1(im.tobytes()).hexdigest() for im in images}
+
+
+# ----------------------------------------------------------------------- generator
+
+
+def test_world_has_enough_classes_and_styles():
+    assert len(gen.CLASSNAMES) >= 24 and len(set(gen.CLASSNAMES)) == len(gen.CLASSNAMES)
+    assert len(gen.STYLES) >= 8
+    assert set(gen.ID_STYLES).isdisjoint(gen.SKETCH_STYLES)
+    assert all(s in gen.STYLE_NAMES for s in gen.ID_STYLES + gen.SKETCH_STYLES)
+
+
+def test_every_template_belongs_to_exactly_one_style():
+    owners = Counter(t for s in gen.STYLES for t in s.templates)
+    assert set(owners) == set(IMAGENET_TEMPLATES)
+    assert all(n == 1 for n in owners.values())
+
+
+def test_generator_is_deterministic():
+    labels, styles = np.arange(12) % 5, np.arange(12) % len(gen.STYLES)
+    a = gen.render_many(labels, styles, seed=3, stream=1)
+    b = gen.render_many(labels, styles, seed=3, stream=1)
+    c = gen.render_many(labels, styles, seed=4, stream=1)
+    d = gen.render_many(labels, styles, seed=3, stream=2)
+    assert a.tobytes() == b.tobytes()
+    assert all(not np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(not np.array_equal(x, y) for x, y in zip(a, d))
+
+
+def test_every_class_renders_in_every_style():
+    for si, style in enumerate(gen.STYLE_NAMES):
+        for ci in range(len(gen.CLASSNAMES)):
+            img = gen.render_image(ci, style, gen.image_rng(0, 0, si * 100 + ci))
+            assert img.shape == (gen.IMAGE_SIZE, gen.IMAGE_SIZE, 3) and img.dtype == np.uint8
+            assert img.std() > 2.0, (style, gen.CLASSNAMES[ci])  # not a blank canvas
+
+
+def test_object_changes_the_image():
+    """Same random stream, different class: the pictures differ (the class is visible)."""
+    for style in gen.STYLE_NAMES:
+        a = gen.render_image(0, style, gen.image_rng(0, 0, 0))
+        b = gen.render_image(1, style, gen.image_rng(0, 0, 0))
+        changed = (np.abs(a.astype(int) - b.astype(int)).max(-1) > 8).mean()
+        assert changed > 0.01, style  # even a small circle vs a small square: > 1% of pixels
+
+
+def test_unknown_style_and_class_fail_clearly():
+    with pytest.raises(KeyError, match="unknown style"):
+        gen.render_image(0, "watercolour", gen.image_rng(0, 0, 0))
+    with pytest.raises(IndexError):
+        gen.render_image(len(gen.CLASSNAMES), "photo", gen.image_rng(0, 0, 0))
+
+
+def test_grid_command(tmp_path):
+    out = tmp_path / "grid.png"
+    assert gen.main(["--grid", str(out), "--zoom", "1"]) == 0
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+
+
+# -------------------------------------------------------------------------- splits
+
+SMALL = dict(num_classes=4, train_per_class=6, val_per_class=3, test_per_class=5, ood_per_class=4)
+
+
+def test_split_sizes_styles_and_no_overlap(tmp_path):
+    ds = build_world_dataset(tmp_path, seed=0, **SMALL)
+    assert ds.name == "world" and ds.classnames == list(gen.CLASSNAMES[:4]) and ds.templates
+    sizes = {"train": 6, "val": 3, "test": 5}
+    for name, n in sizes.items():
+        split = getattr(ds, name)
+        assert len(split) == 4 * n
+        assert np.array_equal(np.bincount(split.labels), [n] * 4)
+        assert {gen.STYLE_NAMES[s] for s in split.styles} <= set(gen.ID_STYLES)
+    assert set(ds.ood) == {"sketch", "resampled"}
+    assert {gen.STYLE_NAMES[s] for s in ds.ood["sketch"].styles} == set(gen.SKETCH_STYLES)
+    assert {gen.STYLE_NAMES[s] for s in ds.ood["resampled"].styles} <= set(gen.ID_STYLES)
+    assert all(len(s) == 16 for s in ds.ood.values())
+    # every image has its own random stream: no image appears in two splits
+    hashes = [_rows(s.images) for s in (ds.train, ds.val, ds.test, ds.ood["sketch"], ds.ood["resampled"])]
+    assert sum(len(h) for h in hashes) == len(set().union(*hashes))
+    assert len(set(SPLIT_STREAMS.values())) == len(SPLIT_STREAMS)
+
+
+def test_split_does_not_depend_on_other_split_sizes(tmp_path):
+    a = build_world_dataset(tmp_path, seed=0, **SMALL)
+    b = build_world_dataset(tmp_path, seed=0, **dict(SMALL, train_per_class=2, ood_per_class=1))
+    assert np.array_equal(a.test.images, b.test.images)
+
+
+def test_cache_is_written_atomically_and_reused(tmp_path):
+    ds = build_world_dataset(tmp_path, seed=1, **SMALL)
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npz" and f"g{gen.GENERATOR_VERSION}" in files[0].name
+    assert "seed1" in files[0].name
+    again = build_world_dataset(tmp_path, seed=1, **SMALL)
+    assert np.array_equal(ds.train.images, again.train.images)
+    fresh = generate_split("train", seed=1, num_classes=4, per_class=6)
+    assert np.array_equal(fresh[0], ds.train.images)
+    # a corrupt cache file is regenerated, not trusted
+    files[0].write_bytes(b"not an npz")
+    healed = build_world_dataset(tmp_path, seed=1, **SMALL)
+    assert np.array_equal(healed.train.images, ds.train.images)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cache_key_names_everything_that_changes_content():
+    base = cache_key(0, 32, {"train": 64, "test": 100}, 32)
+    assert base != cache_key(1, 32, {"train": 64, "test": 100}, 32)
+    assert base != cache_key(0, 16, {"train": 64, "test": 100}, 32)
+    assert base != cache_key(0, 32, {"train": 64, "test": 50}, 32)
+    assert base != cache_key(0, 32, {"train": 64, "test": 100}, 48)
+
+
+def test_different_seed_gives_another_world(tmp_path):
+    a = build_world_dataset(tmp_path, seed=0, **SMALL)
+    b = build_world_dataset(tmp_path, seed=5, **SMALL)
+    assert not np.array_equal(a.test.images, b.test.images)
+
+
+def test_bad_options_fail_clearly(tmp_path):
+    from fdalign_plugins.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_classes"):
+        build_world_dataset(tmp_path, num_classes=99)
+    with pytest.raises(ConfigError, match="split sizes"):
+        build_world_dataset(tmp_path, **dict(SMALL, test_per_class=0))
+
+
+# ------------------------------------------------------------------- shipped model
+
+
+def test_shipped_weights_are_small_and_described():
+    from fdalign_plugins.world.model import METADATA_FILE, WEIGHTS_FILE
+
+    assert WEIGHTS_FILE.is_file(), "packaged world weights are missing"
+    assert WEIGHTS_FILE.stat().st_size <= 8_000_000
+    meta = json.loads(METADATA_FILE.read_text())
+    assert meta["model"] == "fdalign-world-tiny"
+    assert meta["sha256"] == hashlib.sha256(WEIGHTS_FILE.read_bytes()).hexdigest()
+
+
+def test_shipped_model_loads_offline_fast():
+    import open_clip  # noqa: F401  (import time is not load time)
+
+    from fdalign_plugins.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_clip
+
+    assert (DEFAULT_MODEL, DEFAULT_PRETRAINED) == ("fdalign-world-tiny", "world")
+    load_clip("fdalign-world-tiny", "world")  # registers; first call may compile regexes etc.
+    t0 = time.perf_counter()
+    bundle = load_clip("fdalign-world-tiny", "world")
+    assert time.perf_counter() - t0 < 2.0
+    assert bundle.image_size == gen.IMAGE_SIZE
+    assert all(p.dtype == torch.float32 for p in bundle.model.parameters())
+    assert 1.0 < bundle.logit_scale <= 100.0
+
+
+def test_shipped_model_zero_shot_floor(tmp_path):
+    """Zero-shot top-1 (80 templates) on a fixed 320-image in-distribution sample."""
+    from fdalign_plugins.models import load_clip
+    from fdalign_plugins.prompts import class_prototypes, encode_prompts, normalise
+
+    bundle = load_clip("fdalign-world-tiny", "world")
+    ds = build_world_dataset(tmp_path, seed=0, train_per_class=1, val_per_class=1, test_per_class=10,
+                             ood_per_class=1)
+    W = class_prototypes(encode_prompts(bundle.model, bundle.tokenizer, ds.classnames, IMAGENET_TEMPLATES))
+    x = torch.stack([bundle.eval_transform(ds.test.load(i)) for i in range(len(ds.test))])
+    with torch.no_grad():
+        f = normalise(bundle.model.encode_image(x))
+    acc = float(((f @ W.t()).argmax(1).numpy() == ds.test.labels).mean() * 100)
+    assert acc >= ZERO_SHOT_FLOOR, f"zero-shot {acc:.1f}% fell below the recorded floor {ZERO_SHOT_FLOOR}%"
+
+
+# --------------------------------------------------------------------- pretraining
+
+
+def test_pretraining_lowers_the_loss_and_saves_loadable_weights(tmp_path):
+    import open_clip
+
+    from fdalign_plugins.world.pretrain import PretrainConfig, pretrain, save_weights
+
+    cfg = PretrainConfig(per_pair=2, num_classes=4, batch_size=32, max_steps=24, log_every=6, warmup_steps=2,
+                         text_warmup_steps=6, lr=2e-3)
+    model, hist = pretrain(cfg, log=lambda s: None)
+    losses = [l for _, l in hist["losses"]]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert hist["text_warmup"][-1][1] < hist["text_warmup"][0][1] or len(hist["text_warmup"]) == 1
+    path = save_weights(model, tmp_path, {"model": "fdalign-world-tiny", "test": True})
+    assert (tmp_path / "fdalign-world-tiny.json").is_file()
+    reloaded = open_clip.create_model("fdalign-world-tiny", pretrained=str(path))
+    for (k, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert b.dtype == a.dtype
+        if a.is_floating_point():
+            assert torch.allclose(a, b, atol=1e-2 * (1 + a.abs().max().item())), k
+
+
+def test_caption_sampler_names_the_class_and_matches_the_style():
+    import open_clip
+
+    from fdalign_plugins.world.model import register
+    from fdalign_plugins.world.pretrain import CaptionSampler
+
+    register()
+    tok = open_clip.get_tokenizer("fdalign-world-tiny")
+    s = CaptionSampler(tok, gen.CLASSNAMES, neutral_prob=0.5, bare_prob=0.25)
+    rng = np.random.default_rng(0)
+    dark, sketch = gen.style_index("dark photo"), gen.style_index("sketch")
+    ids = s.template_ids(np.array([dark] * 200 + [sketch] * 200), rng)
+    dark_t = {s.templates[i] for i in ids[:200]}
+    sketch_t = {s.templates[i] for i in ids[200:]}
+    assert dark_t <= set(gen.STYLE_BY_NAME["dark photo"].templates) | set(gen.NEUTRAL_TEMPLATES)
+    assert dark_t & set(gen.STYLE_BY_NAME["dark photo"].templates) and dark_t & set(gen.NEUTRAL_TEMPLATES)
+    assert sketch_t <= set(gen.STYLE_BY_NAME["sketch"].templates) | set(gen.BARE_TEMPLATES)
+    assert all("{}" in t for t in s.templates)
