@@ -35,13 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from . import distributed as dist_utils
 from .checkpoint import atomic_write_bytes
-from .datasets.base import ImageSplit
+from .datasets.base import ImageSplit, SubsetSplit
 from .trainer import SplitDataset
 
 #: Version 2: random transforms seeded per image (version 1 seeded once per split).
@@ -54,6 +55,31 @@ DEFAULT_CHUNK_SIZE = 8192
 def transform_key(transform: Callable) -> str:
     """A stable description of a torchvision transform (its repr)."""
     return repr(transform)
+
+
+def vectorised_eval(split: ImageSplit, transform: Callable, lo: int, hi: int) -> Optional[torch.Tensor]:
+    """The eval transform of images ``[lo, hi)`` in one tensor operation, when it is exact.
+
+    Applies when ``transform`` was made by :func:`fdalign_plugins.models.make_eval_transform`
+    and the split holds uint8 arrays already at that size (the synthetic world): resize
+    and centre crop are then the identity, and ``ToTensor`` + ``Normalize`` are done on
+    the whole batch at once, with the same float operations. Returns ``None`` otherwise.
+    """
+    spec = getattr(transform, "fdalign_eval", None)
+    base, idx = split, None
+    if isinstance(split, SubsetSplit):
+        base, idx = split.base, split.indices
+    arr = getattr(base, "images", None)
+    if spec is None or not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 4:
+        return None
+    size, mean, std = spec
+    if arr.shape[1] != size or arr.shape[2] != size or arr.shape[3] != 3:
+        return None
+    rows = arr[lo:hi] if idx is None else arr[idx[lo:hi]]
+    x = torch.from_numpy(np.ascontiguousarray(rows)).permute(0, 3, 1, 2).to(torch.get_default_dtype()).div(255)
+    m = torch.as_tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s).contiguous()  # [hi - lo, 3, size, size]
 
 
 @dataclass
@@ -173,6 +199,13 @@ class FeatureCache:
             return self._images[mkey]
         if hi <= lo:
             return None
+        fast = vectorised_eval(split, transform, lo, hi) if seed is None else None
+        if fast is not None:
+            need = fast.numel() * fast.element_size()
+            if self._used + need <= self.budget:
+                self._images[mkey] = fast
+                self._used += need
+            return fast
         ds = SplitDataset(split, transform, seed=seed, indices=range(lo, hi))
         first = ds[0][0]
         need = first.numel() * first.element_size() * len(ds)

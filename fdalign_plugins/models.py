@@ -113,13 +113,20 @@ class ClipBundle:
 
 
 def make_eval_transform(size: int, mean, std) -> Callable[[Any], torch.Tensor]:
-    """Resize(size, bicubic) + CenterCrop(size) + normalise (the CLIP test transform)."""
-    return T.Compose([
+    """Resize(size, bicubic) + CenterCrop(size) + normalise (the CLIP test transform).
+
+    The returned transform carries ``fdalign_eval = (size, mean, std)`` so that images
+    already stored at ``size`` can be converted in one vectorised step (see
+    :mod:`fdalign_plugins.features`); resizing and cropping are then the identity.
+    """
+    t = T.Compose([
         T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(size),
         T.ToTensor(),
         T.Normalize(mean, std),
     ])
+    t.fdalign_eval = (int(size), tuple(mean), tuple(std))  # type: ignore[attr-defined]
+    return t
 
 
 def make_train_transform(size: int, mean, std, scale=(0.08, 1.0), flip: bool = False) -> Callable[[Any], torch.Tensor]:

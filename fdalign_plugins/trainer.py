@@ -490,6 +490,13 @@ def finetune(
     bar = tqdm(total=total_steps, initial=(start_epoch - 1) * steps_per_epoch, desc="fine-tune", unit="step",
                disable=not (progress and main), leave=False)
     t_start = time.time()
+    if start_epoch == 1 and val_x is not None and cfg.select == "val":
+        # the encoder as given is a candidate too ("epoch 0"): if no epoch of fine-tuning
+        # beats it on validation, fine-tuning is rejected rather than forced
+        acc0 = val_accuracy()
+        best = {"epoch": 0, "acc": acc0, "visual": {k: v.detach().clone() for k, v in visual.state_dict().items()},
+                "head": {k: v.detach().clone() for k, v in head.state_dict().items()} if head is not None else None}
+        say(f"epoch 0 (before fine-tuning)  val {acc0:.2f}%")
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.time()
         torch.manual_seed(epoch_seed(cfg.seed, epoch) + rank)  # any other randomness (e.g. dropout) restarts too
@@ -556,7 +563,7 @@ def finetune(
                 "head": {k: v.detach().clone() for k, v in head.state_dict().items()} if head is not None else None,
             }
         say(
-            f"epoch {epoch}/{cfg.epochs}  L_class {rec['l_class']:.4f}  L_spurious {rec['l_spurious']:.4f}  "
+            f"epoch {epoch}/{cfg.epochs}  L_class {rec['l_class']:.4f}  L_spurious {max(0.0, rec['l_spurious']):.4f}  "
             f"val {acc:.2f}%{'  *' if improved and val_x is not None else ''}"
         )
         if state_path is not None:

@@ -282,3 +282,23 @@ def test_skip_corrupt_goes_on_without_unreadable_images(tiny_model_name, tmp_pat
     with pytest.warns(UserWarning, match="unreadable"):
         s = Runner(_cfg(tiny_model_name, skip_corrupt=True, **base), tmp_path / "b", log=lambda s: None).run()
     assert s.written == 4
+
+
+def test_vectorised_eval_transform_equals_the_pil_path(tiny_model_name):
+    import numpy as np
+
+    from fdalign_plugins.datasets.base import ArraySplit
+    from fdalign_plugins.features import vectorised_eval
+    from fdalign_plugins.models import load_clip
+
+    b = load_clip(tiny_model_name, "none")
+    imgs = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    split = ArraySplit(imgs, np.arange(7) % 3, "v")
+    ref = torch.stack([b.eval_transform(split.load(i)) for i in range(7)])
+    assert torch.equal(vectorised_eval(split, b.eval_transform, 0, 7), ref)
+    sub = split.subset([5, 1, 1, 3])
+    assert torch.equal(vectorised_eval(sub, b.eval_transform, 1, 4), ref[[1, 1, 3]])
+    # not applicable: other sizes, random transforms
+    small = ArraySplit(imgs[:, :16, :16].copy(), np.arange(7) % 3, "s")
+    assert vectorised_eval(small, b.eval_transform, 0, 7) is None
+    assert vectorised_eval(split, b.train_transform(), 0, 7) is None

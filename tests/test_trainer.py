@@ -212,7 +212,7 @@ def test_freeze_bn_keeps_batchnorm_statistics(image_folder, freeze):
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}})
     ds = build_folder_dataset(image_folder)
     split = few_shot_split(ds, 4, 0, val_shots=2)
-    cfg = _cfg("fdalign-test-tiny-rn", epochs=1, freeze_bn=freeze)
+    cfg = _cfg("fdalign-test-tiny-rn", epochs=1, freeze_bn=freeze, select="last")
     b = load_clip("fdalign-test-tiny-rn", "none")
     bn = [m for m in b.model.visual.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     before = [m.running_mean.clone() for m in bn]
@@ -222,3 +222,18 @@ def test_freeze_bn_keeps_batchnorm_statistics(image_folder, freeze):
     same = all(torch.equal(m.running_mean, r) for m, r in zip(bn, before))
     assert same == freeze
     assert not torch.equal(b.model.visual.conv1.weight, w0)  # the weights were trained either way
+
+
+def test_fine_tuning_that_never_beats_the_original_is_rejected(tiny_model_name, task):
+    """Epoch 0 (the encoder as given) is a candidate of the validation selection: with
+    lr = 0 no epoch can be strictly better, so the original encoder is kept."""
+    ds, split = task
+    cfg = _cfg(tiny_model_name, epochs=2, lr=0.0)
+    b = _fresh(tiny_model_name)
+    res = finetune(b, split.support, ds.classnames, cfg, val=split.val, progress=False, log=lambda s: None)
+    assert res.best_epoch == 0
+    assert res.metadata["best_val_acc"] == res.history[0]["val_acc"] == res.history[1]["val_acc"]
+    # with select: last the last epoch is kept whatever validation says
+    res = finetune(_fresh(tiny_model_name), split.support, ds.classnames, _cfg(tiny_model_name, epochs=2, lr=0.0,
+                   select="last"), val=split.val, progress=False, log=lambda s: None)
+    assert res.best_epoch == 2
