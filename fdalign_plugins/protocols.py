@@ -34,7 +34,7 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .losses import cosine_logits, spurious_kl, total_loss
 from .models import ClipBundle, state_fingerprint
 from .prompts import normalise
-from .trainer import cosine_lambda, epoch_seed, resolve_device, set_train_mode, text_prototypes
+from .trainer import build_optimizer, cosine_lambda, epoch_seed, resolve_device, set_train_mode, text_prototypes
 
 STATE_NAME = "episodic_state.pt"
 
@@ -131,11 +131,7 @@ def episodic_finetune(bundle: ClipBundle, pool: ImageSplit, classnames: Sequence
         p.requires_grad_(False)
     visual.requires_grad_(True)
     params = list(visual.parameters())
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                              weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = build_optimizer(params, cfg)
     total = cfg.epochs * ecfg.train_episodes
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, cfg.warmup_iters))
     sampler = EpisodeSampler(pool.labels, ecfg.n_way, ecfg.train_shot, ecfg.train_query, short=ecfg.short)

@@ -276,6 +276,14 @@ def fdalign_losses(
     return _student_losses(Student(visual, head), frozen, images, labels, protos, tau, cfg)
 
 
+def build_optimizer(params: List[nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov when momentum > 0) or AdamW, as ``cfg.optimizer`` says."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def set_train_mode(module: nn.Module, freeze_bn: bool) -> nn.Module:
     """``module.train()``, keeping BatchNorm layers in eval mode when ``freeze_bn``.
 
@@ -410,11 +418,7 @@ def finetune(
         ddp = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
         student = ddp
     params = list(visual.parameters()) + (list(head.parameters()) if head is not None else [])
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                              weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = build_optimizer(params, cfg)
     batches = math.ceil(len(support) / cfg.batch_size)
     steps_per_epoch = math.ceil(batches / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs

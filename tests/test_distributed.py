@@ -151,7 +151,7 @@ def ddp(tmp_path_factory, tiny_model_name):
         for p in ctx.processes:
             if p.is_alive():
                 p.kill()
-    return folder, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)], out
+    return folder, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)], out
 
 
 def _assert_close_states(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], atol: float) -> None:
