@@ -6,6 +6,7 @@ listing datasets stays cheap. Layouts: ``docs/datasets.md``.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -15,60 +16,23 @@ from .coop import COOP_LAYOUTS
 from .imagenet import OOD_LAYOUTS
 
 
-def _world(root: Optional[Path], **options: Any):
-    from ..world.dataset import build_world_dataset
+def _lazy(module: str, func: str, *bound: Any) -> Callable[..., Any]:
+    """``build(root, **options)`` calling ``module.func(*bound, root, **options)``, with the
+    loader module imported only when a dataset is built (listing stays cheap)."""
 
-    return build_world_dataset(root, **options)
+    def build(root: Optional[Path], **options: Any):
+        return getattr(importlib.import_module(module, __package__), func)(*bound, root, **options)
 
-
-def _folder(root: Optional[Path], **options: Any):
-    from .folder import build_folder_dataset
-
-    return build_folder_dataset(root, **options)
-
-
-def _splitjson(root: Optional[Path], **options: Any):
-    from .splitjson import build_splitjson_dataset
-
-    return build_splitjson_dataset(root, **options)
-
-
-def _coop(name: str) -> Callable[..., Any]:
-    def build(root: Optional[Path], templates: Optional[list] = None):
-        from .coop import build_coop_dataset
-
-        return build_coop_dataset(name, root, templates=templates)
-
-    build.__name__ = f"build_{name}"
+    build.__name__ = f"build_{'_'.join(str(b) for b in bound).replace('-', '_') or func}"
     return build
 
 
-def _imagenet(root: Optional[Path], **options: Any):
-    from .imagenet import build_imagenet
-
-    return build_imagenet(root, **options)
-
-
-def _imagenet_ood(kind: str) -> Callable[..., Any]:
-    def build(root: Optional[Path], templates: Optional[list] = None):
-        from .imagenet import build_imagenet_ood
-
-        return build_imagenet_ood(kind, root, templates=templates)
-
-    build.__name__ = f"build_{kind.replace('-', '_')}"
-    return build
-
-
-def _miniimagenet(root: Optional[Path], **options: Any):
-    from .episodic import build_miniimagenet
-
-    return build_miniimagenet(root, **options)
-
-
-def _episodic_folder(root: Optional[Path], **options: Any):
-    from .episodic import build_episodic_folder
-
-    return build_episodic_folder(root, **options)
+_world = _lazy("..world.dataset", "build_world_dataset")
+_folder = _lazy(".folder", "build_folder_dataset")
+_splitjson = _lazy(".splitjson", "build_splitjson_dataset")
+_imagenet = _lazy(".imagenet", "build_imagenet")
+_miniimagenet = _lazy(".episodic", "build_miniimagenet")
+_episodic_folder = _lazy(".episodic", "build_episodic_folder")
 
 
 @hookimpl
@@ -98,9 +62,11 @@ def fdalign_register_datasets(register):
         needs_root=True,
     ))
     for name, layout in COOP_LAYOUTS.items():
-        register(DatasetSpec(name=name, summary=layout.summary, build=_coop(name), needs_root=True))
+        register(DatasetSpec(name=name, summary=layout.summary, build=_lazy(".coop", "build_coop_dataset", name),
+                             needs_root=True))
     for kind, ood in OOD_LAYOUTS.items():
-        register(DatasetSpec(name=kind, summary=ood.summary, build=_imagenet_ood(kind), needs_root=True))
+        register(DatasetSpec(name=kind, summary=ood.summary, build=_lazy(".imagenet", "build_imagenet_ood", kind),
+                             needs_root=True))
     register(DatasetSpec(
         name="miniimagenet",
         summary="miniImageNet for N-way K-shot: train = 64 base classes, val = 16, test = 20 novel classes",
