@@ -222,18 +222,13 @@ def run_episodic(runner) -> Any:
     import json
 
     from .datasets import load_dataset
-    from .features import FeatureCache
     from .models import load_clip
-    from .results import ResultsFile
     from .runner import ENCODER_CLIP, ENCODER_FDALIGN, _versions
 
     cfg = runner.cfg
     ecfg = build_config(EpisodicConfig, cfg.episodic, source="episodic")
     t0 = time.time()
-    results = ResultsFile(runner.out / "results.jsonl")
-    cache = FeatureCache(Path(cfg.cache_dir) if cfg.cache_dir else runner.out / "cache", batch_size=cfg.batch_size,
-                         workers=cfg.workers, device=runner.device, progress=runner.progress)
-    runner.summary.cache = cache.stats
+    results, cache = runner.open_stores("results.jsonl")
     ds = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
     pools = {"test": ds.test}
     for name in ecfg.eval_sets:  # "miniimagenet", or "episodic_folder:cub" for a set of a generic loader

@@ -276,6 +276,14 @@ class Runner:
         if self.stop_after is not None and self.summary.written >= self.stop_after:
             raise KeyboardInterrupt(f"stopped after {self.summary.written} records")
 
+    def open_stores(self, results_file: str) -> Tuple[ResultsFile, FeatureCache]:
+        """The run's results file and feature cache (``cache_dir`` or ``<out>/cache``)."""
+        cfg = self.cfg
+        cache = FeatureCache(Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache", batch_size=cfg.batch_size,
+                             workers=cfg.workers, device=self.device, progress=self.progress)
+        self.summary.cache = cache.stats
+        return ResultsFile(self.out / results_file), cache
+
     # ------------------------------------------------------------------ main loop
     def run(self) -> RunSummary:
         if self.cfg.mode == "episodic":
@@ -285,10 +293,7 @@ class Runner:
         t_start = time.time()
         cfg = self.cfg
         adapters = resolve_adapters(cfg.adapters)
-        results = ResultsFile(self.out / results_name(self.shard))
-        cache = FeatureCache(Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache", batch_size=cfg.batch_size,
-                             workers=cfg.workers, device=self.device, progress=self.progress)
-        self.summary.cache = cache.stats
+        results, cache = self.open_stores(results_name(self.shard))
         if is_main():
             (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
         ds = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
