@@ -34,6 +34,7 @@ from fdalign_plugins.adapter_api import (
     AdapterSpec,
     FewShotTask,
     GridAxis,
+    HParam,
     build_cache_keys,
     cache_logits,
     class_sum,
@@ -46,7 +47,7 @@ from fdalign_plugins.adapter_api import (
 )
 from fdalign_plugins.errors import ConfigError
 
-from .tip import TIP_TABLE, check_search_hparams
+from .tip import TIP_HPARAMS, TIP_TABLE, check_search_hparams
 
 #: SPEC §2 table, APE columns: dataset -> (S_β, S_α, S_γ, N_γ, Q, λ) with Q for D = 1024.
 APE_TABLE: Mapping[str, Tuple[float, float, float, int, int, float]] = {
@@ -88,6 +89,17 @@ APE_DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
         "q": q, "lam": lam, "alpha": TIP_TABLE[name][2],
     }
     for name, (sb, sa, sg, ng, q, lam) in APE_TABLE.items()
+}
+
+#: Types and ranges of APE's hyper-parameters.
+APE_HPARAMS: Dict[str, HParam] = {
+    **TIP_HPARAMS,
+    "gamma": HParam(float, low=0, help="initial γ"),
+    "gamma_scale": HParam(float, low=0, help="S_γ, the largest γ searched"),
+    "gamma_steps": HParam(int, low=1, help="γ grid points"),
+    "q": HParam(int, low=1, help="selected channels, quoted for q_ref_dim-wide features"),
+    "q_ref_dim": HParam(int, low=1, help="the width q is quoted for"),
+    "lam": HParam(float, low=0, high=1, help="λ of the channel criterion"),
 }
 
 APE_SEARCH_SPACE: Dict[str, GridAxis] = {
@@ -184,6 +196,7 @@ class APEAdapter(Adapter):
     defaults = APE_DEFAULTS
     dataset_defaults = APE_DATASET_DEFAULTS
     search_space = APE_SEARCH_SPACE
+    hparam_types = APE_HPARAMS
 
     def fit(self, task: FewShotTask) -> "APEAdapter":
         """Select channels, build the refined cache, search β, α, γ on validation."""

@@ -28,10 +28,12 @@ from torch import Tensor
 
 from fdalign_plugins import hookimpl
 from fdalign_plugins.adapter_api import (
+    TRAIN_HPARAMS,
     Adapter,
     AdapterSpec,
     FewShotTask,
     GridAxis,
+    HParam,
     build_cache_keys,
     cache_logits,
     count_correct,
@@ -43,7 +45,7 @@ from fdalign_plugins.adapter_api import (
 from fdalign_plugins.errors import ConfigError
 
 from .ape import APE_TABLE, channel_criterion, select_channels
-from .tip import TIP_TABLE, check_search_hparams
+from .tip import TIP_HPARAMS, TIP_TABLE, check_search_hparams
 
 #: SPEC §2 table, APE-T column: dataset -> Q (for D = 1024).
 APE_T_Q: Dict[str, int] = {
@@ -92,6 +94,15 @@ APE_T_DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
         "lr": 1e-4 if name in LOW_LR_DATASETS else 1e-3,
     }
     for name, q in APE_T_Q.items()
+}
+
+#: Types and ranges of APE-T's hyper-parameters.
+APE_T_HPARAMS: Dict[str, HParam] = {
+    **TIP_HPARAMS,
+    "q": HParam(int, low=1, help="selected channels, quoted for q_ref_dim-wide features"),
+    "q_ref_dim": HParam(int, low=1, help="the width q is quoted for"),
+    "lam": HParam(float, low=0, high=1, help="λ of the channel criterion"),
+    **TRAIN_HPARAMS,
 }
 
 APE_T_SEARCH_SPACE: Dict[str, GridAxis] = {
@@ -157,6 +168,7 @@ class APETAdapter(Adapter):
     defaults = APE_T_DEFAULTS
     dataset_defaults = APE_T_DATASET_DEFAULTS
     search_space = APE_T_SEARCH_SPACE
+    hparam_types = APE_T_HPARAMS
 
     def fit(self, task: FewShotTask) -> "APETAdapter":
         """Select channels, train ``res`` and ``w`` (best epoch on validation), search α, β."""

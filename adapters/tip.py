@@ -19,6 +19,7 @@ from fdalign_plugins.adapter_api import (
     AdapterSpec,
     FewShotTask,
     GridAxis,
+    HParam,
     build_cache_keys,
     cache_logits,
     count_correct,
@@ -56,6 +57,17 @@ TIP_DEFAULTS: Dict[str, Any] = {
 
 TIP_DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
     name: {"beta_scale": sb, "alpha_scale": sa, "alpha": a} for name, (sb, sa, a) in TIP_TABLE.items()
+}
+
+#: Types and ranges of Tip's hyper-parameters (checked before any model is loaded).
+TIP_HPARAMS: Dict[str, HParam] = {
+    "alpha": HParam(float, low=0, help="initial residual weight α"),
+    "beta": HParam(float, low=0, help="initial sharpness β"),
+    "search": HParam(bool, help="grid-search on validation"),
+    "beta_scale": HParam(float, low=0, help="S_β, the largest β searched"),
+    "alpha_scale": HParam(float, low=0, help="S_α, the largest α searched"),
+    "beta_steps": HParam(int, low=1, help="β grid points"),
+    "alpha_steps": HParam(int, low=1, help="α grid points"),
 }
 
 TIP_SEARCH_SPACE: Dict[str, GridAxis] = {
@@ -108,6 +120,7 @@ class TipAdapter(Adapter):
     defaults = TIP_DEFAULTS
     dataset_defaults = TIP_DATASET_DEFAULTS
     search_space = TIP_SEARCH_SPACE
+    hparam_types = TIP_HPARAMS
 
     def _build_cache(self, task: FewShotTask) -> None:
         dtype = task.work_dtype()

@@ -17,10 +17,10 @@ from typing import Any, Callable, Dict
 import torch
 
 from fdalign_plugins import hookimpl
-from fdalign_plugins.adapter_api import AdapterSpec, FewShotTask, train_on_views
+from fdalign_plugins.adapter_api import TRAIN_HPARAMS, AdapterSpec, FewShotTask, train_on_views
 from fdalign_plugins.errors import ConfigError
 
-from .tip import TIP_DATASET_DEFAULTS, TIP_DEFAULTS, TIP_SEARCH_SPACE, TipAdapter, tip_logits
+from .tip import TIP_DATASET_DEFAULTS, TIP_DEFAULTS, TIP_HPARAMS, TIP_SEARCH_SPACE, TipAdapter, tip_logits
 
 TIP_F_DEFAULTS: Dict[str, Any] = {
     **TIP_DEFAULTS,
@@ -44,6 +44,7 @@ class TipFAdapter(TipAdapter):
     defaults = TIP_F_DEFAULTS
     dataset_defaults = TIP_F_DATASET_DEFAULTS
     search_space = TIP_SEARCH_SPACE
+    hparam_types = {**TIP_HPARAMS, **TRAIN_HPARAMS}
 
     def fit(self, task: FewShotTask) -> "TipFAdapter":
         """Build the cache, train the keys (best epoch on validation), search α, β."""

@@ -48,11 +48,14 @@ __all__ = [
     "EpochRecord",
     "FewShotTask",
     "GridAxis",
+    "HParam",
     "SearchResult",
+    "TRAIN_HPARAMS",
     "TrainResult",
     "affinity_kernel",
     "build_cache_keys",
     "cache_logits",
+    "check_hparams",
     "class_sum",
     "count_correct",
     "grid_values",
@@ -71,6 +74,118 @@ ZERO_SHOT_SCALE = 100.0
 
 def _frozen(mapping: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
+
+
+# --------------------------------------------------------------------------- hyper-parameters
+
+
+@dataclass(frozen=True)
+class HParam:
+    """The declared type and range of one adapter hyper-parameter.
+
+    Values from YAML or from code are coerced to ``type`` (``"7"`` -> ``7.0`` for a
+    float; ``"true"`` -> ``True`` for a bool) and checked against the range before any
+    model is loaded, so a typo fails in a second, not after feature extraction.
+
+    Attributes:
+        type: ``bool``, ``int``, ``float``, ``str`` or ``list`` (``object``: anything).
+        low: smallest allowed value (numbers), or ``None``.
+        high: largest allowed value (numbers), or ``None``.
+        choices: the allowed values (strings), or ``None``.
+        help: one line for listings and error messages.
+    """
+
+    type: type = object
+    low: Optional[float] = None
+    high: Optional[float] = None
+    choices: Optional[Sequence[Any]] = None
+    help: str = ""
+
+    @staticmethod
+    def infer(default: Any) -> "HParam":
+        """The declaration of a hyper-parameter that has none: the type of its default
+        (a plugin written before declarations existed keeps working, typed)."""
+        for tp in (bool, int, float, str):  # bool first: True is an int too
+            if isinstance(default, tp):
+                return HParam(tp)
+        if isinstance(default, (list, tuple)):
+            return HParam(list)
+        return HParam(object)
+
+    def coerce(self, where: str, value: Any) -> Any:
+        """``value`` as this type, in range; :class:`ConfigError` naming ``where`` otherwise."""
+        tp = self.type
+        bad = f"{where} must be {_TYPE_WORDS.get(tp, tp.__name__)}, got {value!r}"
+        if tp is bool:
+            if isinstance(value, bool):
+                out: Any = value
+            elif isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+                out = value.lower() in _TRUE
+            else:
+                raise ConfigError(bad)
+        elif tp in (int, float):
+            if isinstance(value, bool):
+                raise ConfigError(bad)
+            try:
+                num = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(bad) from None
+            if tp is int:
+                if not math.isfinite(num) or num != int(num):
+                    raise ConfigError(bad)
+                out = int(num)
+            else:
+                if math.isnan(num):
+                    raise ConfigError(bad)
+                out = num
+            if (self.low is not None and out < self.low) or (self.high is not None and out > self.high):
+                lo = "-inf" if self.low is None else f"{self.low:g}"
+                hi = "inf" if self.high is None else f"{self.high:g}"
+                raise ConfigError(f"{where} must lie in [{lo}, {hi}], got {value!r}")
+        elif tp is str:
+            if not isinstance(value, str):
+                raise ConfigError(bad)
+            out = value
+        elif tp is list:
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(bad)
+            out = list(value)
+        else:
+            out = value
+        if self.choices is not None and out not in self.choices:
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
+        return out
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
+def check_hparams(
+    adapter: str,
+    defaults: Mapping[str, Any],
+    declared: Mapping[str, HParam],
+    explicit: Mapping[str, Any],
+) -> Dict[str, Any]:
+    """Check explicit hyper-parameters by name, type and range; return them coerced.
+
+    A name must be a key of ``defaults``; its declaration is ``declared[name]``, or the
+    type of its default when the adapter declares none.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the valid ones), a value of the
+            wrong type or out of range.
+    """
+    unknown = sorted(set(explicit) - set(defaults))
+    if unknown:
+        valid = ", ".join(sorted(defaults)) or "(none)"
+        raise ConfigError(f"adapter '{adapter}': unknown hyper-parameter(s) {', '.join(unknown)}; valid: {valid}")
+    out = {}
+    for k, v in explicit.items():
+        decl = declared.get(k) or HParam.infer(defaults[k])
+        out[k] = decl.coerce(f"adapter '{adapter}': hyper-parameter {k}", v)
+    return out
 
 
 # --------------------------------------------------------------------------- specs
@@ -94,6 +209,8 @@ class AdapterSpec:
             count, e.g. ``{"beta": GridAxis("beta_scale", "beta_steps", 0.1)}``.
         distribution: the installed distribution the plugin came from; filled in by
             the plugin manager (leave empty when registering).
+        hparam_types: :class:`HParam` declarations (type, range) by hyper-parameter
+            name; a name without one is typed by its default's type.
     """
 
     name: str
@@ -104,9 +221,11 @@ class AdapterSpec:
     dataset_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     search_space: Mapping[str, Any] = field(default_factory=dict)
     distribution: str = ""
+    hparam_types: Mapping[str, HParam] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defaults", _frozen(self.defaults))
+        object.__setattr__(self, "hparam_types", _frozen(self.hparam_types))
         object.__setattr__(
             self, "dataset_defaults", _frozen({k: _frozen(v) for k, v in dict(self.dataset_defaults).items()})
         )
@@ -115,6 +234,11 @@ class AdapterSpec:
     def resolve(self, dataset: str, explicit: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
         """Hyper-parameters for ``dataset``: explicit > per-dataset default > default."""
         return resolve_hparams(self.defaults, self.dataset_defaults, dataset, explicit or {})
+
+    def check(self, explicit: Mapping[str, Any]) -> Dict[str, Any]:
+        """Explicit hyper-parameters checked by name, type and range, and coerced
+        (see :func:`check_hparams`); run before any model is loaded."""
+        return check_hparams(self.name, self.defaults, self.hparam_types, explicit)
 
 
 @dataclass(frozen=True)
@@ -305,6 +429,15 @@ def resolve_hparams(
 
 # --------------------------------------------------------------------------- training
 
+#: Declarations of the hyper-parameters :func:`train_on_views` takes, for adapters that train.
+TRAIN_HPARAMS: Mapping[str, HParam] = MappingProxyType({
+    "epochs": HParam(int, low=0, help="training epochs (0: no training)"),
+    "lr": HParam(float, low=0, help="AdamW learning rate"),
+    "eps": HParam(float, low=0, help="AdamW epsilon"),
+    "weight_decay": HParam(float, low=0, help="AdamW weight decay"),
+    "batch_size": HParam(int, low=1, help="largest training batch"),
+})
+
 
 @dataclass(frozen=True)
 class EpochRecord:
@@ -434,6 +567,8 @@ class Adapter(abc.ABC):
         defaults: every hyper-parameter with its generic default.
         dataset_defaults: per-dataset overrides.
         search_space: searched hyper-parameters (:class:`GridAxis` each).
+        hparam_types: optional :class:`HParam` (type, range) per hyper-parameter;
+            undeclared ones are typed by their default.
     """
 
     name: ClassVar[str] = ""
@@ -442,19 +577,16 @@ class Adapter(abc.ABC):
     defaults: ClassVar[Mapping[str, Any]] = {}
     dataset_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     search_space: ClassVar[Mapping[str, GridAxis]] = {}
+    hparam_types: ClassVar[Mapping[str, HParam]] = {}
 
     def __init__(self, **hparams: Any) -> None:
-        """Store explicit hyper-parameters.
+        """Store explicit hyper-parameters, coerced to their declared types.
 
         Raises:
             ConfigError: (an :class:`FDAlignError`) for a name not in ``defaults``,
-                listing the valid ones.
+                listing the valid ones, or a value of the wrong type or out of range.
         """
-        unknown = sorted(set(hparams) - set(self.defaults))
-        if unknown:
-            valid = ", ".join(sorted(self.defaults)) or "(none)"
-            raise ConfigError(f"adapter '{self.name}': unknown hyper-parameter(s) {', '.join(unknown)}; valid: {valid}")
-        self.explicit: Dict[str, Any] = dict(hparams)
+        self.explicit: Dict[str, Any] = check_hparams(self.name, self.defaults, self.hparam_types, hparams)
         self.hparams: Dict[str, Any] = {}
         self.val_accuracy: Optional[float] = None
         self.feature_dim = 0
@@ -472,6 +604,7 @@ class Adapter(abc.ABC):
             defaults=cls.defaults,
             dataset_defaults=cls.dataset_defaults,
             search_space=cls.search_space,
+            hparam_types=cls.hparam_types,
         )
 
     def resolve(self, task: FewShotTask) -> Dict[str, Any]:
