@@ -27,12 +27,25 @@ FORMAT_VERSION = 1
 WEIGHTS_NAME = "encoder.safetensors"
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + rename).
+
+    The file gets the mode a plain ``open(path, "w")`` would give (``0o666`` less the
+    umask), not ``mkstemp``'s private ``0o600``: tables and encoders on a shared disk are
+    readable by colleagues exactly when the user's umask says so.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

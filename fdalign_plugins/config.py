@@ -172,9 +172,16 @@ def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
         raise ConfigError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"config file {p} is not valid YAML: {first}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = getattr(exc, "problem", None) or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        ctx, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if ctx and cmark is not None and mark is not None and cmark.line != mark.line:
+            what += f" ({ctx} opened at line {cmark.line + 1})"  # e.g. an unclosed [ two lines up
+        raise ConfigError(f"config file {p} is not valid YAML{where}: {what}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
     if data is None:
@@ -184,26 +191,36 @@ def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     return data
 
 
+def coerce_layer(cls: type, layer: Optional[Mapping[str, Any]], source: str = "config") -> Dict[str, Any]:
+    """The keys of one layer (YAML section or flags) coerced to ``cls``'s field types.
+
+    So ``--epochs 1`` (a string from the command line) and ``epochs: 1`` (an int from
+    YAML) are the same value, in records and in run-folder hashes. ``None`` values mean
+    "not given" and are dropped.
+
+    Raises:
+        ConfigError: an unknown key (listing the valid ones) or a value of the wrong type.
+    """
+    if not layer:
+        return {}
+    if not isinstance(layer, Mapping):
+        raise ConfigError(f"{source} must be a mapping of keys to values, got {layer!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(k for k in layer if k not in fields)
+    if unknown:
+        raise ConfigError(f"unknown {source} key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(fields))}")
+    return {k: _coerce(k, v, hints[k]) for k, v in layer.items() if v is not None}
+
+
 def build_config(cls: Type[C], *layers: Optional[Mapping[str, Any]], source: str = "config") -> C:
     """Build ``cls`` from defaults, then each mapping in ``layers`` in order (later wins).
 
     ``None`` values in a layer mean "not given" and do not override.
     """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
     values: Dict[str, Any] = {}
     for layer in layers:
-        if not layer:
-            continue
-        unknown = sorted(k for k in layer if k not in fields)
-        if unknown:
-            raise ConfigError(
-                f"unknown {source} key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(fields))}"
-            )
-        for k, v in layer.items():
-            if v is None:
-                continue
-            values[k] = _coerce(k, v, hints[k])
+        values.update(coerce_layer(cls, layer, source))
     obj = cls(**values)
     if hasattr(obj, "validate"):
         obj.validate()

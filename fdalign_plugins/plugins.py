@@ -91,6 +91,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class _Clash(Exception):
+    """A plugin registered a name another plugin already holds (it gets disabled)."""
+
+    def __init__(self, plugin: Any, broken: BrokenPlugin) -> None:
+        super().__init__(broken.error)
+        self.plugin = plugin
+        self.broken = broken
+
+
 class _Registry(NamedTuple):
     adapters: Dict[str, AdapterSpec]
     datasets: Dict[str, DatasetSpec]
@@ -161,9 +170,12 @@ class FDAlignPluginManager(pluggy.PluginManager):
     def load_entry_points(self, groups: Tuple[str, ...] = ENTRY_POINT_GROUPS) -> None:
         """Load every entry point of ``groups``, one at a time, isolating failures."""
         for group in groups:
+            # ours first: on a name clash the plugin loaded later is the one disabled, so a
+            # third-party package can never take over a built-in name
             entry_points = sorted(
                 metadata.entry_points(group=group),
-                key=lambda ep: (_canonical(ep.dist.name) if ep.dist else "", ep.name),
+                key=lambda ep: (_canonical(ep.dist.name) != OWN_DISTRIBUTION if ep.dist else True,
+                                _canonical(ep.dist.name) if ep.dist else "", ep.name),
             )
             for ep in entry_points:
                 dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
@@ -228,22 +240,32 @@ class FDAlignPluginManager(pluggy.PluginManager):
             except Exception as exc:
                 self.broken.append(BrokenPlugin(plugin_name, dist, _describe(exc)))
                 continue
+            mine = [dataclasses.replace(spec, distribution=dist) for spec in mine]
             for spec in mine:
-                spec = dataclasses.replace(spec, distribution=dist)
                 if spec.name in found:
                     other = found[spec.name].distribution
-                    raise PluginError(
-                        f"{kind} name '{spec.name}' is registered twice: by distribution '{other}' and by "
-                        f"distribution '{dist}' (plugin {plugin_name!r}); uninstall or rename one of them"
-                    )
-                found[spec.name] = spec
+                    raise _Clash(plugin, BrokenPlugin(plugin_name, dist, (
+                        f"PluginError: {kind} name '{spec.name}' is registered twice: by distribution '{other}' and by "
+                        f"distribution '{dist}' (plugin {plugin_name!r}); the later plugin is disabled — uninstall or "
+                        "rename one of them")))
+            found.update((spec.name, spec) for spec in mine)
         return dict(sorted(found.items()))
 
     def registry(self) -> _Registry:
-        """The adapter and dataset registries, collected once and cached."""
-        if self._registry is None:
-            adapters = self._collect("fdalign_register_adapters", AdapterSpec, "adapter")
-            datasets = self._collect("fdalign_register_datasets", DatasetSpec, "dataset")
+        """The adapter and dataset registries, collected once and cached.
+
+        A plugin that registers a name an earlier plugin (built-ins first) already took
+        is disabled as a whole and listed under broken plugins with both distributions;
+        everything else keeps working, ``--list`` included.
+        """
+        while self._registry is None:
+            try:
+                adapters = self._collect("fdalign_register_adapters", AdapterSpec, "adapter")
+                datasets = self._collect("fdalign_register_datasets", DatasetSpec, "dataset")
+            except _Clash as clash:
+                self.broken.append(clash.broken)
+                self.unregister(clash.plugin)
+                continue
             self._registry = _Registry(adapters, datasets)
         return self._registry
 
@@ -282,7 +304,8 @@ class FDAlignPluginManager(pluggy.PluginManager):
         return self.get_adapter_spec(name).factory(**hparams)
 
     def broken_plugins(self) -> List[BrokenPlugin]:
-        """Plugins that failed (import, registration, or inside a register hook)."""
+        """Plugins that failed (import, registration, inside a register hook, or that
+        registered a name another plugin holds)."""
         self.registry()
         return list(self.broken)
 

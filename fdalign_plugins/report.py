@@ -44,17 +44,22 @@ def summarise(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Dict[s
     groups: Dict[Tuple[str, str, str, str, int], List[float]] = defaultdict(list)
     evals: Dict[str, List[str]] = defaultdict(list)
     adapters: Dict[str, List[str]] = defaultdict(list)
+    failed: Dict[Tuple[str, str, str, int], int] = defaultdict(int)  # (ds, adapter, encoder, shots) -> records
     for r in records:
-        if r.get("error") or not r.get("acc"):
-            continue
         ds = r["dataset"]
         if r["adapter"] not in adapters[ds]:
             adapters[ds].append(r["adapter"])
+        if r.get("error") or not r.get("acc"):  # a plugin that raised: a marked cell, never a missing one
+            failed[(ds, r["adapter"], r["encoder"], int(r["shots"]))] += 1
+            continue
         for ev, v in r["acc"].items():
             if ev not in evals[ds]:
                 evals[ds].append(ev)
             groups[(ds, ev, r["adapter"], r["encoder"], int(r["shots"]))].append(v)
     tables: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    for ds in {d for d, *_ in failed}:
+        if not evals[ds]:
+            evals[ds].append("test")  # every record of the dataset failed: still one table that says so
     for ds, ev_list in evals.items():
         ad_order = sorted(adapters[ds], key=lambda a: (a != "zero-shot", list(ADAPTER_LABELS).index(a)
                                                        if a in ADAPTER_LABELS else 99, a))
@@ -67,23 +72,40 @@ def summarise(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Dict[s
                     cells[(a, enc, k)] = _stats(vals)
                     shots.add(k)
                     present.add((a, enc))
-            rows = [(row_label(a, enc), a, enc) for a in ad_order for enc in ENCODER_ORDER if (a, enc) in present]
-            tables[(ds, ev)] = {"shots": sorted(shots), "rows": rows, "cells": cells}
+            fails = {(a, enc, k): n for (d, a, enc, k), n in failed.items() if d == ds}
+            for a, enc, k in fails:
+                shots.add(k)
+                present.add((a, enc))
+            encs = ENCODER_ORDER + sorted({enc for _, enc in present} - set(ENCODER_ORDER))
+            rows = [(row_label(a, enc), a, enc) for a in ad_order for enc in encs if (a, enc) in present]
+            tables[(ds, ev)] = {"shots": sorted(shots), "rows": rows, "cells": cells, "failed": fails}
     return tables
 
 
-def _fmt(cell: Optional[Tuple[float, float, int]]) -> str:
+#: The mark of a cell whose records failed (the adapter raised); see :data:`FAILED_NOTE`.
+FAILED_MARK = "FAILED"
+FAILED_NOTE = (f"{FAILED_MARK}: the adapter raised on every seed of that cell; (n failed): on n seeds. "
+               "The error is in each record's \"error\" field of results.jsonl; re-running the command retries them.")
+
+
+def _fmt(cell: Optional[Tuple[float, float, int]], failed: int = 0) -> str:
     if cell is None or cell[2] == 0:
-        return "–"
+        return FAILED_MARK if failed else "–"
     m, s, n = cell
-    return f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
+    text = f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
+    return f"{text} ({failed} failed)" if failed else text
+
+
+def _failures_note(t: Dict[str, Any]) -> str:
+    return FAILED_NOTE if t.get("failed") else ""
 
 
 def _table_rows(t: Dict[str, Any]) -> List[List[str]]:
     out = []
     adapters_done = []
+    fails = t.get("failed", {})
     for label, a, enc in t["rows"]:
-        out.append([label] + [_fmt(t["cells"].get((a, enc, k))) for k in t["shots"]])
+        out.append([label] + [_fmt(t["cells"].get((a, enc, k)), fails.get((a, enc, k), 0)) for k in t["shots"]])
         if enc == "fdalign" and (a, "clip") in {(x[1], x[2]) for x in t["rows"]} and a not in adapters_done:
             adapters_done.append(a)
             diff = []
@@ -110,6 +132,8 @@ def render_text(tables, header: str = "") -> str:
         lines.append("  ".join("-" * w for w in widths))
         for r in rows:
             lines.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+        if _failures_note(t):
+            lines.append(_failures_note(t))
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -123,6 +147,8 @@ def render_markdown(tables, header: str = "") -> str:
                  "|" + "|".join(["---"] + ["---:"] * len(t["shots"])) + "|"]
         for r in _table_rows(t):
             lines.append("| " + " | ".join(c.strip() for c in r) + " |")
+        if _failures_note(t):
+            lines += ["", _failures_note(t)]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -131,13 +157,16 @@ def render_csv(tables) -> str:
     """Long-format CSV: one row per (dataset, eval set, method, shots)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["dataset", "eval_set", "method", "adapter", "encoder", "shots", "mean", "std", "n_seeds"])
+    w.writerow(["dataset", "eval_set", "method", "adapter", "encoder", "shots", "mean", "std", "n_seeds", "n_failed"])
     for (ds, ev), t in tables.items():
         for label, a, enc in t["rows"]:
             for k in t["shots"]:
                 c = t["cells"].get((a, enc, k))
+                nf = t.get("failed", {}).get((a, enc, k), 0)
                 if c and c[2]:
-                    w.writerow([ds, ev, label, a, enc, k, f"{c[0]:.4f}", f"{c[1]:.4f}", c[2]])
+                    w.writerow([ds, ev, label, a, enc, k, f"{c[0]:.4f}", f"{c[1]:.4f}", c[2], nf])
+                elif nf:
+                    w.writerow([ds, ev, label, a, enc, k, "", "", 0, nf])
     return buf.getvalue()
 
 

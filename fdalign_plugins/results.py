@@ -1,7 +1,7 @@
 """Results as JSON lines: one record per (dataset, adapter, encoder, shots, seed).
 
 Appends are durable (write, flush, fsync). A line torn by a kill mid-write is detected
-on the next open and cut off, so the file only ever holds whole records.
+on the next open and cut off with a warning, so the file only ever holds whole records.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Tuple, Union
 
@@ -45,6 +46,18 @@ def _parse(path: Path) -> Tuple[List[Dict[str, Any]], int]:
     return records, good
 
 
+def _warn_dropped(path: Path, records: List[Dict[str, Any]], good: int, action: str) -> None:
+    """Say that the bytes after ``good`` (a torn or garbled last line) were dropped."""
+    size = path.stat().st_size
+    tail = path.read_bytes()[good:]
+    if size > good and tail.strip():
+        warnings.warn(
+            f"{path}: the last line ({size - good} bytes after record {len(records)}) is incomplete or not valid JSON, "
+            f"left by an interrupted write; it was {action} — its record, if any, is computed again on the next run",
+            stacklevel=3,
+        )
+
+
 def read_results(paths: Union[str, Path, Iterable[Union[str, Path]]]) -> List[Dict[str, Any]]:
     """Records of results files or run folders (all ``results*.jsonl`` in a folder, i.e.
     every shard), merged; the last copy of each key wins, except that an error record
@@ -58,7 +71,9 @@ def read_results(paths: Union[str, Path, Iterable[Union[str, Path]]]) -> List[Di
         if not files or not files[0].is_file():
             raise DataError(f"results file not found: {p if not p.is_dir() else p / 'results*.jsonl'}")
         for f in files:
-            for rec in _parse(f)[0]:
+            recs, good = _parse(f)
+            _warn_dropped(f, recs, good, "ignored")
+            for rec in recs:
                 if record_key(rec) in merged and rec.get("error") and not merged[record_key(rec)].get("error"):
                     continue  # a failed retry never hides a finished record
                 merged[record_key(rec)] = rec
@@ -74,6 +89,7 @@ class ResultsFile:
         self.records: List[Dict[str, Any]] = []
         if self.path.is_file():
             self.records, good = _parse(self.path)
+            _warn_dropped(self.path, self.records, good, "cut off")
             if good != self.path.stat().st_size:
                 with open(self.path, "r+b") as fh:  # cut a torn tail left by a kill
                     fh.truncate(good)

@@ -26,7 +26,7 @@ import torch
 
 from . import __version__
 from .checkpoint import WEIGHTS_NAME, load_encoder_into, read_encoder
-from .config import FinetuneConfig, build_config, to_dict
+from .config import FinetuneConfig, build_config, coerce_layer, to_dict
 from .datasets import check_images, drop_unreadable, few_shot_split, load_dataset
 from .datasets.base import FewShotDataset
 from .distributed import is_main
@@ -106,9 +106,14 @@ class BenchConfig:
             raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {self.protocol!r}")
         if len(self.view_scale) != 2 or not (0 < self.view_scale[0] <= self.view_scale[1] <= 1):
             raise ConfigError(f"view_scale must be two numbers 0 < lo <= hi <= 1, got {self.view_scale}")
-        if not isinstance(self.adapter_params, dict) or any(not isinstance(v, dict) for v in self.adapter_params.values()):
-            raise ConfigError("adapter_params must map adapter names to mappings of hyper-parameters")
-        # the fine-tuning section is checked against FinetuneConfig's keys now, not after an hour
+        from .preflight import check_adapter_params, check_dataset_source
+
+        # names, hyper-parameters and the fine-tuning section are checked (and typed, so a
+        # flag and the same YAML value are one config) now, before any model is loaded
+        resolve_adapters(self.adapters)
+        self.adapter_params = check_adapter_params(self.adapter_params)
+        check_dataset_source(self.dataset, self.data_root)
+        self.finetune = coerce_layer(FinetuneConfig, self.finetune, source="finetune")
         self.finetune_config(shots=self.shots[0], seed=self.seeds[0])
         return self
 
@@ -179,13 +184,22 @@ class Runner:
 
     def __init__(self, cfg: BenchConfig, out: Path, log: Callable[[str], None] = print, progress: bool = False,
                  stop_after_records: Optional[int] = None, shard: Optional[Tuple[int, int]] = None):
+        from .preflight import check_encoder_file, check_model_source, check_output_folder
+
         self.cfg = cfg.validate()
         self.out = Path(out)
         self.shard = parse_shard(shard) if shard is not None else None
         self.log = log
         self.progress = progress
         self.stop_after = stop_after_records
+        # everything a run reads or writes is checked before any model is loaded
+        check_model_source(cfg.model, cfg.pretrained)
+        if cfg.encoder:
+            check_encoder_file(cfg.encoder)
         self.device = resolve_device(cfg.device)
+        check_output_folder(self.out, "--out")
+        if cfg.cache_dir:
+            check_output_folder(cfg.cache_dir, "--cache-dir")
         self.summary = RunSummary(out=self.out)
 
     # ------------------------------------------------------------------ encoders
@@ -258,17 +272,16 @@ class Runner:
                 acc[k] = _acc(ad.predict(f), self._ood[k].labels, getattr(self._ood[k], "label_subset", None))
             rec.update(acc=acc, val_acc=_acc(ad.predict(feats["val"]), split.val.labels), hparams=ad.chosen_hparams(),
                        timings={"fit": t1 - t0, "predict": time.time() - t1, "extract": feats["seconds"]})
-        except FDAlignError:
-            raise
-        except Exception as exc:  # a plugin's bug fails its record, not the sweep
+        except Exception as exc:  # whatever a plugin raises (FDAlignError too) fails its record, not the sweep
             rec.update(acc=None, error=f"{type(exc).__name__}: {exc}")
-            warnings.warn(f"adapter {adapter!r} failed on {ds.name} {shots}-shot seed {seed} ({enc_label}): {rec['error']}")
         rec.update(config=to_dict(self.cfg), versions=_versions(), time=time.strftime("%Y-%m-%dT%H:%M:%S"))
         if is_main():  # under torchrun every rank computes the record; rank 0 writes it
             results.append(rec)
         if rec.get("error"):
             self.summary.failed += 1
-            self.log(f"  FAILED {adapter} [{enc_label}] {shots}-shot seed {seed}: {rec['error']}")
+            # said once, and even under --quiet: a failure is never silent
+            print(f"  FAILED {adapter} [{enc_label}] on {ds.name} {shots}-shot seed {seed}: {rec['error']} "
+                  "(recorded; the table marks the cell; re-running retries it)", file=sys.stderr, flush=True)
         else:
             self.summary.written += 1
             accs = "  ".join(f"{k} {v:.2f}" for k, v in rec["acc"].items())
@@ -293,9 +306,6 @@ class Runner:
         t_start = time.time()
         cfg = self.cfg
         adapters = resolve_adapters(cfg.adapters)
-        results, cache = self.open_stores(results_name(self.shard))
-        if is_main():
-            (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
         ds = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
         if cfg.skip_corrupt:  # evaluation sets too: go on without what cannot be read, with a warning
             ds = dataclasses.replace(ds, test=drop_unreadable(ds.test, f"{ds.name} test")[0],
@@ -308,6 +318,10 @@ class Runner:
                 raise ConfigError(f"unknown OOD set(s) {', '.join(unknown)} for {ds.name}; valid: {', '.join(ds.ood) or '(none)'}")
             ood_names = list(cfg.ood)
         self._ood = {k: ds.ood[k] for k in ood_names}
+        # the run folder gets its files only once the dataset and its OOD sets are known good
+        results, cache = self.open_stores(results_name(self.shard))
+        if is_main():
+            (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
         encoders = list(dict.fromkeys(cfg.encoders + ([ENCODER_FINETUNE] if cfg.baselines else [])))
         stock = None
         classifier = None

@@ -444,7 +444,7 @@ def finetune(
         else:
             diff = _config_diff(state.get("config", {}), cfg_dict)
             loaded = ("error", f"training state {state_path} was made with another config ({'; '.join(diff[:3])}); "
-                      "use a new output folder or run without --resume") if diff else ("state", state)
+                      "use a new output folder, or delete it to start over") if diff else ("state", state)
     if world > 1 and resume:
         loaded = dist_utils.broadcast_object(loaded)
     if loaded is not None and loaded[0] == "error":

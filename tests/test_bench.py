@@ -9,6 +9,7 @@ import torch
 
 from fdalign_plugins.cli.bench import main as bench_main
 from fdalign_plugins.config import build_config
+from fdalign_plugins.errors import FDAlignError
 from fdalign_plugins.features import FeatureCache
 from fdalign_plugins.results import ResultsFile, read_results, record_key
 from fdalign_plugins.runner import BenchConfig, Runner
@@ -211,8 +212,10 @@ def test_bad_shard(shard, tmp_path, capsys, small_config):
     assert rc == 2 and "--shard" in capsys.readouterr().err
 
 
-def test_failing_plugin_fails_its_record_not_the_sweep(tiny_model_name, tmp_path, monkeypatch):
+@pytest.mark.parametrize("exc", [RuntimeError("plugin bug"), FDAlignError("plugin bug")], ids=["bug", "fdalign-error"])
+def test_failing_plugin_fails_its_record_not_the_sweep(tiny_model_name, tmp_path, monkeypatch, capsys, exc):
     import fdalign_plugins.plugins as plugins
+    from fdalign_plugins.report import FAILED_NOTE, write_reports
 
     real = plugins.create_adapter
 
@@ -220,18 +223,26 @@ def test_failing_plugin_fails_its_record_not_the_sweep(tiny_model_name, tmp_path
         ad = real(name, **hp)
         if name == "tip":
             def boom(task):
-                raise RuntimeError("plugin bug")
+                raise exc  # an FDAlignError raised by a plugin is its failure too, not the sweep's
             ad.fit = boom
         return ad
 
     monkeypatch.setattr(plugins, "create_adapter", flaky)
     cfg = _cfg(tiny_model_name, shots=[1])
-    with pytest.warns(UserWarning, match="adapter 'tip' failed"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once on screen, not again as a warning
         s = Runner(cfg, tmp_path / "r", log=lambda s: None).run()
+    err = capsys.readouterr().err
+    assert err.count("FAILED tip") == 2 and "plugin bug" in err  # even with a silent log
     assert s.failed == 2 and s.written == 4
     recs = read_results(tmp_path / "r")
     bad = [r for r in recs if r.get("error")]
-    assert len(bad) == 2 and all(r["adapter"] == "tip" and "RuntimeError: plugin bug" in r["error"] for r in bad)
+    name = type(exc).__name__
+    assert len(bad) == 2 and all(r["adapter"] == "tip" and f"{name}: plugin bug" in r["error"] for r in bad)
+    text = write_reports(recs, tmp_path / "r")["text"]
+    rows = {line.split("  ")[0]: line for line in text.splitlines()}
+    assert rows["Tip"].split()[-1] == "FAILED" and rows["Tip + FD-Align"].split()[-1] == "FAILED"
+    assert FAILED_NOTE in text and "FAILED" in (tmp_path / "r" / "table.md").read_text()
     monkeypatch.setattr(plugins, "create_adapter", real)
     s2 = Runner(cfg, tmp_path / "r", log=lambda s: None).run()  # the failed records are retried
     assert s2.written == 2 and s2.failed == 0

@@ -50,16 +50,18 @@ def test_finetune_cli_errors(tiny_model_name, tmp_path, capsys):
 
 
 def test_corrupt_image_fails_before_training(tiny_model_name, image_folder, tmp_path, capsys):
-    (image_folder / "red_square" / "000.png").write_bytes(b"not a png")
+    for f in (image_folder / "red_square").glob("*.png"):  # whichever the support set draws (some are held out)
+        f.write_bytes(b"not a png")
     rc = finetune_main(["--model", tiny_model_name, "--pretrained", "none", "--data", str(image_folder), "--shots", "4",
                         "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err
-    assert rc == 2 and "unreadable image(s)" in err and "red_square/000.png" in err
+    assert rc == 2 and "unreadable image(s)" in err and "red_square/0" in err
     assert not (tmp_path / "o").exists()
 
 
 def test_no_images_left_for_validation(tiny_model_name, image_folder, tmp_path, capsys):
-    rc = finetune_main(["--model", tiny_model_name, "--pretrained", "none", "--data", str(image_folder), "--shots", "8",
+    # 8 images per class, 2 held out as the test split: 6 shots take the whole pool
+    rc = finetune_main(["--model", tiny_model_name, "--pretrained", "none", "--data", str(image_folder), "--shots", "6",
                         "--out", str(tmp_path / "o"), "--quiet"])
     assert rc == 2
     assert "no images left once the support set is taken; use fewer shots" in capsys.readouterr().err

@@ -66,7 +66,8 @@ def _empty_class(env):
 
 @case("E03")
 def _corrupt_image(env):
-    (env.images / "green_circle" / "001.png").write_bytes(b"\x89PNG broken")
+    for f in (env.images / "green_circle").glob("*.png"):  # whichever images the support set draws
+        f.write_bytes(b"\x89PNG broken")
     msg = _cli(finetune_main, env.base + ["--data", str(env.images)], env.capsys)
     assert not (env.out).exists()  # failed before any training
     return msg
@@ -74,7 +75,8 @@ def _corrupt_image(env):
 
 @case("E04")
 def _too_many_shots(env):
-    return _cli(finetune_main, env.base + ["--data", str(env.images), "--shots", "8"], env.capsys)
+    # 8 images per class, 2 held out as the test split: 6 shots take the whole pool
+    return _cli(finetune_main, env.base + ["--data", str(env.images), "--shots", "6"], env.capsys)
 
 
 @case("E05")
@@ -304,6 +306,143 @@ def _existing_checkpoint(env):
     env.out.mkdir(parents=True)
     (env.out / "encoder.safetensors").write_bytes(b"x")
     return _cli(finetune_main, env.base + ["--data", str(env.images)], env.capsys)
+
+
+def _no_model_load(env):
+    """Make any model load fail the test: the error must come before it."""
+    import fdalign_plugins.cli.finetune  # noqa: F401
+    from fdalign_plugins import models, runner
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the input was checked")
+    env.monkeypatch.setattr(runner, "load_clip", boom)
+    env.monkeypatch.setattr(models, "load_clip", boom)
+
+
+def _yaml(env, text):
+    p = env.tmp / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+@case("E31")
+def _misspelt_adapter_params(env):
+    _no_model_load(env)
+    msg = _cli(bench_main, ["--config", _yaml(env, "adapter_params: {tipp: {beta: 2}}\n"), "--out", str(env.out)],
+               env.capsys)
+    assert not env.out.exists()  # rejected before the run folder was made
+    return msg
+
+
+@case("E32")
+def _unknown_hparam(env):
+    _no_model_load(env)
+    msg = _cli(bench_main, ["--adapter", "tip", "--config", _yaml(env, "adapter_params: {tip: {bta: 2}}\n"),
+                            "--out", str(env.out)], env.capsys)
+    assert not env.out.exists()
+    return msg
+
+
+@case("E33")
+def _hparam_type(env):
+    _no_model_load(env)
+    return _cli(bench_main, ["--config", _yaml(env, "adapter_params: {tip: {beta_steps: many}}\n")], env.capsys)
+
+
+@case("E34")
+def _hparam_range(env):
+    _no_model_load(env)
+    return _cli(bench_main, ["--config", _yaml(env, "adapter_params: {tip-f: {lr: -1}}\n")], env.capsys)
+
+
+@case("E35")
+def _missing_encoder(env):
+    _no_model_load(env)
+    return _cli(bench_main, ["--encoder", str(env.tmp / "missing.safetensors"), "--out", str(env.out)], env.capsys)
+
+
+@case("E36")
+def _data_root_without_dataset(env):
+    _no_model_load(env)
+    return _cli(bench_main, ["--data-root", str(env.images), "--out", str(env.out)], env.capsys)
+
+
+@case("E37")
+def _real_model_without_pretrained(env):
+    _no_model_load(env)
+    msg = _cli(finetune_main, ["--model", "ViT-B-32", "--out", str(env.out)], env.capsys)
+    return msg + _cli(bench_main, ["--model", "ViT-B-32", "--out", str(env.out)], env.capsys)
+
+
+@case("E38")
+def _empty_report(env):
+    (env.tmp / "results.jsonl").write_text("")
+    return _cli(bench_main, ["--report", str(env.tmp / "results.jsonl")], env.capsys)
+
+
+@case("E39")
+def _out_is_a_file(env):
+    _no_model_load(env)
+    (env.tmp / "afile").write_text("x")
+    return _cli(finetune_main, env.base[:-3] + ["--out", str(env.tmp / "afile"), "--data", str(env.images)], env.capsys)
+
+
+@case("E40")
+def _out_not_writable(env):
+    _no_model_load(env)
+    (env.tmp / "afile").write_text("x")
+    msg = _cli(finetune_main, env.base[:-3] + ["--out", str(env.tmp / "afile" / "run"), "--data", str(env.images)],
+               env.capsys)
+    return msg + _cli(bench_main, ["--out", "/proc/fdalign-run"], env.capsys)
+
+
+@case("E41")
+def _one_class(env):
+    import shutil
+
+    for d in ("green_circle", "blue_cross"):
+        shutil.rmtree(env.images / d)
+    msg = _cli(finetune_main, env.base + ["--data", str(env.images)], env.capsys)
+    assert not env.out.exists()
+    return msg + _cli(bench_main, ["--dataset", "folder", "--data-root", str(env.images), "--model", env.model,
+                                   "--pretrained", "none", "--out", str(env.out), "--quiet"], env.capsys)
+
+
+@case("E42")
+def _single_image_class(env):
+    for f in sorted((env.images / "blue_cross").glob("*.png"))[1:]:
+        f.unlink()
+    return _cli(finetune_main, env.base + ["--data", str(env.images)], env.capsys)
+
+
+@case("E43")
+def _rerun_after_interrupt(env):
+    from fdalign_plugins.checkpoint import atomic_torch_save
+
+    env.out.mkdir(parents=True)
+    atomic_torch_save({"config": {}, "epoch": 1}, env.out / "train_state.pt")
+    before = (env.out / "train_state.pt").read_bytes()
+    msg = _cli(finetune_main, env.base + ["--data", str(env.images)], env.capsys)
+    assert (env.out / "train_state.pt").read_bytes() == before  # the saved epochs are not overwritten
+    return msg
+
+
+@case("E44")
+def _garbled_last_line(env):
+    p = env.tmp / "results.jsonl"
+    rec = {"dataset": "d", "adapter": "a", "encoder": "clip", "shots": 1, "seed": 1, "acc": {"test": 1.0}}
+    p.write_text(json.dumps(rec) + "\n" + '{"dataset": "d", "adap\n')
+    with pytest.warns(UserWarning) as w:
+        assert ResultsFile(p).records == [rec]
+    assert p.read_text() == json.dumps(rec) + "\n"
+    return str(w[0].message)
+
+
+@case("E45")
+def _cache_dir_not_writable(env):
+    _no_model_load(env)
+    (env.tmp / "afile").write_text("x")
+    return _cli(bench_main, ["--cache-dir", str(env.tmp / "afile" / "cache"), "--out", str(env.out)], env.capsys)
 
 
 class Env:

@@ -221,11 +221,30 @@ def test_a_broken_plugin_is_reported_and_the_others_still_load(site):
     assert "[fdalign-halves]" in listing
 
 
-def test_duplicate_adapter_name_names_both_distributions(site):
-    site.add("evil-tip", {"fdalign.adapters": {"tip2": "tp_dup"}}, {"tp_dup": DUPLICATE_TIP})
+def test_duplicate_adapter_name_disables_the_later_plugin_and_names_both(site):
+    # "aaa-tip" sorts before "fdalign-plugins": the built-in must still keep its name
+    site.add("aaa-tip", {"fdalign.adapters": {"tip2": "tp_dup"}}, {"tp_dup": DUPLICATE_TIP})
+    site.add("fdalign-halves", {"fdalign.adapters": {"halves": "tp_halves_dup"}}, {"tp_halves_dup": GOOD_ADAPTER})
     pm = get_plugin_manager()
-    with pytest.raises(PluginError, match=r"adapter name 'tip' is registered twice: by distribution '(fdalign-plugins|evil-tip)' and by distribution '(evil-tip|fdalign-plugins)'"):
-        pm.list_adapters()
+    assert [s.name for s in pm.list_adapters()] == sorted(BUILTIN_ADAPTERS + ["halves"])  # the rest still works
+    assert pm.get_adapter_spec("tip").distribution == "fdalign-plugins"
+    broken = {b.name: b for b in pm.broken_plugins()}
+    assert list(broken) == ["tip2"] and broken["tip2"].distribution == "aaa-tip"
+    assert ("adapter name 'tip' is registered twice: by distribution 'fdalign-plugins' and by distribution 'aaa-tip' "
+            "(plugin 'tip2'); the later plugin is disabled") in broken["tip2"].error
+    listing = pm.format_listing()  # fdalign-bench --list keeps working and shows the clash
+    assert "Broken plugins:" in listing and "tip2 [aaa-tip]: PluginError: adapter name 'tip'" in listing
+
+
+def test_duplicate_name_disables_the_whole_later_plugin(site):
+    both = GOOD_ADAPTER + DATASET_PLUGIN.replace("from fdalign_plugins import hookimpl", "")
+    site.add("first", {"fdalign.adapters": {"a": "tp_first"}}, {"tp_first": GOOD_ADAPTER})
+    site.add("second", {"fdalign.adapters": {"b": "tp_second"}}, {"tp_second": both})
+    pm = get_plugin_manager()
+    assert pm.get_adapter_spec("halves").distribution == "first"
+    # the clashing plugin's dataset is gone too: a half-loaded plugin would be a silent surprise
+    assert "toyset" not in [d.name for d in pm.list_datasets()]
+    assert [b.name for b in pm.broken_plugins()] == ["b"]
 
 
 def test_env_var_skips_external_plugins_but_keeps_builtins(site, monkeypatch):

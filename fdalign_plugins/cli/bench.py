@@ -59,7 +59,7 @@ def build_parser() -> OneLineParser:
       "and print ours, published and the difference side by side; flags and --config apply to every run")
     a("--list", action="store_true", help="list adapters and datasets with the distribution each came from")
     a("--report", nargs="*", metavar="RESULTS", help="rebuild tables and plot from results.jsonl file(s)/folder(s) "
-      "without computing; with no paths, from --out")
+      "without computing; with no paths, from the run folder the same command computes into (--out or its default)")
     a("--quiet", action="store_true", help="no progress bars or per-record lines")
     return p
 
@@ -103,10 +103,14 @@ def _run(args) -> int:
         from ..report import write_reports
         from ..results import read_results
 
-        paths = [Path(p) for p in args.report] or ([Path(args.out)] if args.out else [])
-        if not paths:
-            raise ConfigError("--report needs results.jsonl file(s) or folder(s), or --out DIR")
+        from ..runner import default_out
+
+        # no paths: the run folder the same command computes into (--out, or its default)
+        paths = [Path(p) for p in args.report] or [Path(args.out) if args.out else default_out(_bench_config(args))]
         records = read_results(paths)
+        if not records:
+            raise ConfigError(f"no records in {', '.join(map(str, paths))}: nothing to report (run the bench first, "
+                              "or pass the results.jsonl file or run folder that holds them)")
         out = Path(args.out) if args.out else (paths[0] if paths[0].is_dir() else paths[0].parent)
         rep = write_reports(records, out, header=_header(records))
         print(rep["text"], end="")

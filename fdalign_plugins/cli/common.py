@@ -5,24 +5,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from ..errors import FDAlignError
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls, skip: Iterable[str] = (), group_title: Optional[str] = None) -> None:
-    """Add one ``--field-name VALUE`` flag per dataclass field (parsed later, typed)."""
+def add_config_flags(parser: argparse.ArgumentParser, cls, skip: Iterable[str] = (), group_title: Optional[str] = None,
+                     helps: Optional[Dict[str, Tuple[str, str]]] = None) -> None:
+    """Add one ``--field-name VALUE`` flag per dataclass field (parsed later, typed).
+
+    Args:
+        helps: ``{field: (metavar, explanation)}``; the default is appended to each.
+    """
     group = parser.add_argument_group(group_title or f"{cls.__name__} (override the YAML config)")
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, (tuple, list)):
+            default = ",".join(map(str, default))
+        metavar, text = (helps or {}).get(f.name, ("X", ""))
         group.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=None,
-            metavar="X",
-            help=f"default: {default}",
+            metavar=metavar,
+            help=f"{text} (default: {default})" if text else f"default: {default}",
         )
 
 
@@ -39,15 +47,49 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def run_cli(main: Callable[[], int], prog: str) -> int:
-    """Run ``main``, turning user errors into one line on stderr and a non-zero exit."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``kill``): handled like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Terminated("SIGTERM")
+
+
+#: Exit statuses of the command-line tools (docs/bench.md lists them).
+EXIT_OK, EXIT_FAILED_RECORDS, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+def run_cli(main: Callable[[], int], prog: str, resume_hint: str = "re-run the same command to resume") -> int:
+    """Run ``main``, turning user errors into one line on stderr and a non-zero exit.
+
+    Exit statuses: 0 done; 1 done, but some records failed (``fdalign-bench``); 2 bad
+    input (one line naming the problem and the fix); 130 interrupted (Ctrl-C); 143
+    terminated (SIGTERM). SIGTERM is handled like Ctrl-C: the finished work is saved and
+    ``resume_hint`` says how to go on.
+    """
+    import signal
+    import threading
+
+    from ..preflight import forget_created_folders, remove_created_folders
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return main() or 0
+        rc = main() or 0
+        forget_created_folders()
+        return rc
     except FDAlignError as exc:
+        remove_created_folders()  # a rejected command leaves no empty run folder behind
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; finished work is saved, re-run the same command to resume", file=sys.stderr)
-        return 130
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt as exc:
+        forget_created_folders()
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{prog}: {what}; finished work is saved, {resume_hint}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except BrokenPipeError:
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -12,6 +12,46 @@ from .common import OneLineParser, add_config_flags, flag_overrides, run_cli
 PROG = "fdalign-finetune"
 
 
+#: ``--flag`` help: (metavar, what it does). Every FinetuneConfig key is a flag; SPEC §1 and
+#: docs/bench.md (section fdalign-finetune) describe the method behind them.
+FLAG_HELP = {
+    "model": ("NAME", "open_clip model name, local-dir:PATH, or the embedded fdalign-world-tiny"),
+    "pretrained": ("TAG|FILE|none", "open_clip pretrained tag or local weights file; 'none' = random weights; "
+                   "unset = the model's own weights (the world weights for fdalign-world-tiny; a real open_clip "
+                   "model needs a tag)"),
+    "dataset": ("NAME", "registered dataset to fine-tune on (see fdalign-bench --list)"),
+    "data_root": ("DIR", "the folder the dataset is read from (see docs/datasets.md)"),
+    "shots": ("K", "support images per class"),
+    "seed": ("S", "seed of the few-shot draw"),
+    "alpha": ("A", "weight of the class cross-entropy"),
+    "beta": ("B", "weight of the spurious-feature KL that keeps the encoder close to CLIP (0 = plain fine-tuning)"),
+    "kl_direction": ("D", "overview: KL(P_ft || P_0); reference: KL(P_0 || P_ft) as the released code"),
+    "templates": ("NAME|T,..", "prompt templates for the spurious prototypes: a set name or a comma list"),
+    "spc": ("BOOL", "spurious prototype correction: IsolationForest outlier removal, then k-means"),
+    "spc_keep": ("N", "spurious prototypes the IsolationForest keeps (0 = that step off)"),
+    "spc_k": ("N", "k-means clusters of the kept prototypes (0 = that step off)"),
+    "spc_renormalise": ("BOOL", "L2-normalise the corrected prototypes (the reference does not)"),
+    "head": ("fixed|linear", "classify with the fixed text prototypes, or a trainable linear head"),
+    "optimizer": ("sgd|adamw", "optimizer"),
+    "lr": ("LR", "learning rate"),
+    "momentum": ("M", "SGD momentum"),
+    "nesterov": ("BOOL", "Nesterov momentum (SGD)"),
+    "weight_decay": ("WD", "weight decay"),
+    "epochs": ("N", "training epochs"),
+    "batch_size": ("N", "global batch size"),
+    "grad_accum": ("N", "batches accumulated per optimizer step"),
+    "grad_clip": ("NORM", "clip the gradient norm (0 = off)"),
+    "warmup_iters": ("N", "linear warm-up steps before the cosine schedule"),
+    "aug_scale": ("LO,HI", "two values: the random-resized-crop area range, 0 < LO <= HI <= 1"),
+    "freeze_bn": ("BOOL", "keep BatchNorm statistics frozen (ResNets)"),
+    "val_shots": ("K", "validation images per class for best-epoch selection (min(K, shots))"),
+    "select": ("val|last", "keep the epoch best on validation, or the last one"),
+    "device": ("DEV", "auto, cpu, cuda or cuda:N"),
+    "amp": ("BOOL", "mixed precision on CUDA"),
+    "workers": ("N", "data-loading worker processes"),
+}
+
+
 def build_parser() -> OneLineParser:
     p = OneLineParser(
         prog=PROG,
@@ -19,19 +59,21 @@ def build_parser() -> OneLineParser:
         "With no arguments: the embedded world model on the synthetic world's in-distribution split. "
         "Precedence: flags > --config YAML > defaults.",
     )
-    p.add_argument("--config", help="YAML file of FinetuneConfig keys")
+    p.add_argument("--config", metavar="YAML", help="YAML file of the settings below (keys without the dashes)")
     p.add_argument("--data", dest="data", metavar="DIR",
                    help="a folder of images, one sub-folder per class (sets --dataset folder --data-root DIR)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/finetune-<dataset>-<K>shot-seed<S>)")
     p.add_argument("--resume", action="store_true", help="continue from the training state in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_config_flags(p, FinetuneConfig)
+    add_config_flags(p, FinetuneConfig, helps=FLAG_HELP, group_title="fine-tuning settings (override the YAML config)")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda: _run(args), PROG)
+    return run_cli(lambda: _run(args), PROG,
+                   resume_hint="the training state of the last finished epoch is in the output folder: re-run the same "
+                   "command with --resume to continue from it")
 
 
 def _run(args) -> int:
@@ -40,7 +82,8 @@ def _run(args) -> int:
     from ..distributed import init_from_env, is_main
     from ..errors import ConfigError
     from ..models import load_clip
-    from ..trainer import finetune
+    from ..preflight import check_dataset_source, check_model_source, check_output_folder
+    from ..trainer import STATE_NAME, finetune, resolve_device
 
     init_from_env()  # under torchrun: join the process group (no-op in a single process)
     yaml_layer = read_yaml(args.config) if args.config else None
@@ -48,6 +91,10 @@ def _run(args) -> int:
     if args.data:
         flags.update(dataset="folder", data_root=args.data)
     cfg = build_config(FinetuneConfig, yaml_layer, flags)
+    # every name, file and folder is checked before the model is loaded
+    check_dataset_source(cfg.dataset, cfg.data_root)
+    check_model_source(cfg.model, cfg.pretrained)
+    resolve_device(cfg.device)
     out = Path(args.out or f"runs/finetune-{cfg.dataset}-{cfg.shots}shot-seed{cfg.seed}")
     final = out / WEIGHTS_NAME
     if final.exists():
@@ -56,6 +103,11 @@ def _run(args) -> int:
         _, meta = read_encoder(final)
         print(f"checkpoint already complete: {final} (best epoch {meta.get('best_epoch')})")
         return 0
+    state = out / STATE_NAME
+    if state.is_file() and not args.resume:  # never overwrite an interrupted run's saved epochs silently
+        raise ConfigError(f"{out} holds the training state of an interrupted run ({state}); pass --resume to continue "
+                          "it, or delete the file (or choose another --out) to start over")
+    check_output_folder(out, "--out")
     bundle = load_clip(cfg.model, cfg.pretrained)
     ds = load_dataset(cfg.dataset, cfg.data_root)
     split = few_shot_split(ds, cfg.shots, cfg.seed, cfg.val_shots)

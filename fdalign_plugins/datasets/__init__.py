@@ -23,7 +23,8 @@ def load_dataset(name: str, root: Optional[str] = None, /, **options: Any) -> Fe
 
     Raises:
         PluginError: unknown name (the message lists the valid ones).
-        DataError: the dataset needs ``root`` and none was given, or its files are missing.
+        DataError: the dataset needs ``root`` and none was given, its files are missing,
+            or it has fewer than 2 classes.
     """
     from ..plugins import get_dataset_spec
 
@@ -31,7 +32,7 @@ def load_dataset(name: str, root: Optional[str] = None, /, **options: Any) -> Fe
     if spec.needs_root and not root:
         raise DataError(f"dataset {name!r} needs a data root: pass --data-root PATH (see docs/datasets.md)")
     try:
-        return spec.build(Path(root) if root else None, **options)
+        ds = spec.build(Path(root) if root else None, **options)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             from ..errors import ConfigError
@@ -39,6 +40,10 @@ def load_dataset(name: str, root: Optional[str] = None, /, **options: Any) -> Fe
             bad = str(exc).split("unexpected keyword argument")[-1].strip()
             raise ConfigError(f"dataset {name!r} does not take the option {bad} (dataset_options)") from None
         raise
+    if ds.num_classes < 2:  # one class: every prediction is right, every number meaningless
+        raise DataError(f"dataset {name!r} has {ds.num_classes} class(es) ({', '.join(ds.classnames) or 'none'}); "
+                        "few-shot classification needs at least 2 classes")
+    return ds
 
 
 def check_images(split: ImageSplit, what: str, limit: Optional[int] = None) -> List[str]:
