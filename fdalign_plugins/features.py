@@ -33,7 +33,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ from torch.utils.data import DataLoader
 from . import distributed as dist_utils
 from .checkpoint import atomic_write_bytes
 from .datasets.base import ImageSplit, SubsetSplit
+from .progress import progress_bar
+from .store import touch
 from .trainer import SplitDataset
 
 #: Version 2: random transforms seeded per image (version 1 seeded once per split).
@@ -114,12 +116,13 @@ class FeatureCache:
         workers: data-loading workers when images are not held in memory.
         device: where the encoder runs (default CPU).
         memory_budget_bytes: preprocessed images kept in memory up to this size.
-        progress: show a progress bar (rank 0 only).
+        progress: ``True`` a progress bar, ``"plain"`` progress lines (off a terminal),
+            ``False`` nothing (rank 0 only).
         chunk_size: images per resumable chunk; splits up to this size are one entry.
     """
 
     def __init__(self, root: Path, batch_size: int = 256, workers: int = 0, device: Optional[torch.device] = None,
-                 memory_budget_bytes: int = 2 * 1024**3, progress: bool = False,
+                 memory_budget_bytes: int = 2 * 1024**3, progress: Union[bool, str] = False,
                  chunk_size: int = DEFAULT_CHUNK_SIZE):
         if int(chunk_size) <= 0:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -168,6 +171,7 @@ class FeatureCache:
             digest = hashlib.sha256(feats.contiguous().numpy().tobytes()).hexdigest()
             if meta.get("sha256") != digest or meta.get("key") != key:
                 raise ValueError("checksum mismatch")
+            touch(path)  # last use, for pruning the shared store
             return feats
         except Exception as exc:
             self.stats.corrupt += 1
@@ -255,8 +259,6 @@ class FeatureCache:
             seed: RNG seed for a random transform.
             desc: progress-bar label.
         """
-        from tqdm.auto import tqdm
-
         rank, world = dist_utils.rank(), dist_utils.world_size()
         main = rank == 0
         tkey = transform_key(transform)
@@ -288,8 +290,8 @@ class FeatureCache:
             s_lo, s_hi = dist_utils.shard_range(hi - lo, rank, world)
             return lo + s_lo, lo + s_hi
 
-        bar = tqdm(total=sum(hi - lo for lo, hi in map(my_slice, missing)), desc=desc or "features", unit="img",
-                   disable=not (self.progress and main), leave=False)
+        bar = progress_bar(sum(hi - lo for lo, hi in map(my_slice, missing)), f"features {desc}".strip(),
+                           self.progress if main else False, leave=False)
         was = visual.training
         visual.eval()
         try:

@@ -35,6 +35,7 @@ from .features import FeatureCache
 from .models import DEFAULT_MODEL, ClipBundle, load_clip, state_fingerprint
 from .prompts import normalise, text_classifier
 from .results import ResultsFile
+from .store import Store
 from .trainer import finetune, resolve_device
 
 #: ``standard``: everything selected on a held-out few-shot validation split.
@@ -175,14 +176,16 @@ class Runner:
 
     Args:
         cfg: the resolved config.
-        out: run folder (``results.jsonl``, ``encoders/``, ``cache/``, tables).
+        out: run folder (``results.jsonl``, tables, links ``encoders/<name>`` into the
+            shared store that ``cfg.cache_dir`` names; see :mod:`fdalign_plugins.store`).
         log: receives one line per finished record and per stage.
-        progress: show progress bars.
+        progress: ``True`` progress bars, ``"plain"`` progress lines (off a terminal),
+            ``False`` none (see :mod:`fdalign_plugins.progress`).
         stop_after_records: raise ``KeyboardInterrupt`` after writing this many records
             (tests use it to simulate an interruption).
     """
 
-    def __init__(self, cfg: BenchConfig, out: Path, log: Callable[[str], None] = print, progress: bool = False,
+    def __init__(self, cfg: BenchConfig, out: Path, log: Callable[[str], None] = print, progress: Any = False,
                  stop_after_records: Optional[int] = None, shard: Optional[Tuple[int, int]] = None):
         from .preflight import check_encoder_file, check_model_source, check_output_folder
 
@@ -198,29 +201,37 @@ class Runner:
             check_encoder_file(cfg.encoder)
         self.device = resolve_device(cfg.device)
         check_output_folder(self.out, "--out")
-        if cfg.cache_dir:
-            check_output_folder(cfg.cache_dir, "--cache-dir")
+        self.store = Store(cfg.cache_dir)  # encoders and features, shared by every run folder
+        check_output_folder(self.store.root, "--cache-dir")
         self.summary = RunSummary(out=self.out)
 
     # ------------------------------------------------------------------ encoders
     def _encoder_dir(self, fcfg: FinetuneConfig, ds: FewShotDataset, support_idx: List[int], tag: str) -> Path:
+        """The encoder's folder in the shared store, keyed by everything that decides its weights."""
         key = json.dumps({"cfg": to_dict(fcfg), "train": ds.train.identity(), "support": support_idx},
                          sort_keys=True, default=str)
-        return self.out / "encoders" / f"{tag}-{fcfg.shots}shot-seed{fcfg.seed}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+        return self.store.encoder_dir(
+            f"{tag}-{fcfg.shots}shot-seed{fcfg.seed}-{hashlib.sha256(key.encode()).hexdigest()[:10]}")
 
     def _finetuned(self, ds: FewShotDataset, split, shots: int, seed: int, beta: Optional[float], tag: str) -> ClipBundle:
+        from .store import link_into, touch
+
         fcfg = self.cfg.finetune_config(shots, seed, beta)
         d = self._encoder_dir(fcfg, ds, split.support_indices, tag)
         bundle = load_clip(self.cfg.model, self.cfg.pretrained, device=self.device)
-        if (d / WEIGHTS_NAME).is_file():
-            load_encoder_into(bundle.model, d)
-            self.log(f"  reusing {tag} encoder {d}")
-            return bundle
-        self.log(f"  fine-tuning {tag} encoder ({shots}-shot, seed {seed}, beta {fcfg.beta}) -> {d}")
-        finetune(bundle, split.support, ds.classnames, fcfg, val=split.val, out_dir=d, resume=True,
-                 progress=self.progress, log=lambda s: self.log("    " + s),
-                 extra_metadata={"support_indices": split.support_indices, "val_indices": split.val_indices})
-        self.summary.finetuned += 1
+        with self.store.lock(d.name, log=self.log):
+            if (d / WEIGHTS_NAME).is_file():
+                load_encoder_into(bundle.model, d)
+                touch(d / WEIGHTS_NAME)
+                self.log(f"  reusing {tag} encoder {d}")
+            else:
+                self.log(f"  fine-tuning {tag} encoder ({shots}-shot, seed {seed}, beta {fcfg.beta}) -> {d}")
+                finetune(bundle, split.support, ds.classnames, fcfg, val=split.val, out_dir=d, resume=True,
+                         progress=self.progress is True, log=lambda s: self.log("    " + s),
+                         extra_metadata={"support_indices": split.support_indices, "val_indices": split.val_indices})
+                self.summary.finetuned += 1
+        if is_main():
+            link_into(self.out, d)
         return bundle
 
     def _user_encoder(self) -> ClipBundle:
@@ -290,14 +301,25 @@ class Runner:
             raise KeyboardInterrupt(f"stopped after {self.summary.written} records")
 
     def open_stores(self, results_file: str) -> Tuple[ResultsFile, FeatureCache]:
-        """The run's results file and feature cache (``cache_dir`` or ``<out>/cache``)."""
+        """The run's results file and the shared store's feature cache (see :mod:`fdalign_plugins.store`)."""
         cfg = self.cfg
-        cache = FeatureCache(Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache", batch_size=cfg.batch_size,
+        cache = FeatureCache(self.store.features, batch_size=cfg.batch_size,
                              workers=cfg.workers, device=self.device, progress=self.progress)
         self.summary.cache = cache.stats
         return ResultsFile(self.out / results_file), cache
 
     # ------------------------------------------------------------------ main loop
+    def _header(self, ds: FewShotDataset, adapters: List[str], encoders: List[str], mine, results) -> None:
+        """Say how much work lies ahead before starting it."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sampling warnings are given again when the work item runs
+            plan = _plan(self, ds, adapters, encoders, mine, results)
+        self.log(f"{ds.name}: {ds.num_classes} classes; {len(self.cfg.seeds)} seed(s) x {len(self.cfg.shots)} shot "
+                 f"count(s) x {len(encoders)} encoder(s) x {len(adapters)} adapter(s): {plan['records']} record(s) "
+                 f"to compute, {plan['done']} already done; {plan['finetune']} encoder(s) to fine-tune, "
+                 f"{plan['in_store']} reused from the store {self.store.root}; {plan['passes']} feature pass(es) "
+                 f"over up to {plan['images']} images (cached ones are read back)")
+
     def run(self) -> RunSummary:
         if self.cfg.mode == "episodic":
             from .protocols import run_episodic
@@ -326,6 +348,7 @@ class Runner:
         stock = None
         classifier = None
         mine = set(work_items(cfg, encoders, self.shard))
+        self._header(ds, adapters, encoders, mine, results)
         for seed in cfg.seeds:
             for shots in cfg.shots:
                 todo = [(a, e) for e in encoders for a in adapters
@@ -363,6 +386,32 @@ class Runner:
                         self._record(results, ds, a, enc, shots, seed, feats, classifier, split, extra)
         self.summary.seconds = time.time() - t_start
         return self.summary
+
+
+def _plan(runner: "Runner", ds: FewShotDataset, adapters: List[str], encoders: List[str], mine, results) -> Dict[str, int]:
+    """The amount of work ahead: records to write, encoders to fine-tune, feature passes."""
+    cfg = runner.cfg
+    plan = {"records": 0, "done": 0, "finetune": 0, "in_store": 0, "passes": 0, "images": 0}
+    per_pass = len(ds.test) + sum(len(s) for s in runner._ood.values())
+    for seed in cfg.seeds:
+        for shots in cfg.shots:
+            for enc in encoders:
+                if (seed, shots, enc) not in mine:
+                    continue
+                todo = [a for a in adapters if (ds.name, a, enc, shots, seed) not in results]
+                plan["records"] += len(todo)
+                plan["done"] += len(adapters) - len(todo)
+                if not todo:
+                    continue
+                plan["passes"] += 1
+                k_val = max(1, min(shots, 4))
+                plan["images"] += per_pass + ds.num_classes * (k_val + shots * cfg.views)
+                if enc != ENCODER_CLIP and not (enc == ENCODER_FDALIGN and cfg.encoder):
+                    split = few_shot_split(ds, shots, seed)
+                    beta = 0.0 if enc == ENCODER_FINETUNE else None
+                    d = runner._encoder_dir(cfg.finetune_config(shots, seed, beta), ds, split.support_indices, enc)
+                    plan["in_store" if (d / WEIGHTS_NAME).is_file() else "finetune"] += 1
+    return plan
 
 
 def parse_shard(shard) -> Tuple[int, int]:

@@ -88,3 +88,22 @@ def make_image_folder(root: Path, per_class: int = 8, seed: int = 0, classes=CLA
 @pytest.fixture()
 def image_folder(tmp_path):
     return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(autouse=True)
+def _private_store(tmp_path, monkeypatch):
+    """Each test gets its own encoder/feature store, so counts of work done are its own."""
+    monkeypatch.setenv("FDALIGN_STORE", str(tmp_path / "store"))
+
+
+_REPO_RUNS = Path(__file__).resolve().parents[1] / "runs"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_run_folders_in_the_working_tree():
+    """Fail the session if a test wrote a default run folder into the repository."""
+    before = set(_REPO_RUNS.iterdir()) if _REPO_RUNS.is_dir() else set()
+    yield
+    after = set(_REPO_RUNS.iterdir()) if _REPO_RUNS.is_dir() else set()
+    new = sorted(str(p) for p in after - before)
+    assert not new, f"tests left run folders in the working tree: {new}"

@@ -165,7 +165,8 @@ def test_bad_arguments_one_line(argv, msg, tmp_path, capsys, small_config):
     assert len([line for line in err.strip().splitlines() if "error" in line]) == 1
 
 
-def test_dataset_option_mismatch(small_config, tmp_path, capsys):
+def test_dataset_option_mismatch(small_config, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default run folder is relative: never in the working tree
     rc = bench_main(["--config", str(small_config), "--dataset", "folder", "--data-root", str(tmp_path)])
     assert rc == 2
     assert "dataset 'folder' does not take the option 'image_size'" in capsys.readouterr().err

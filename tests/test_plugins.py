@@ -316,3 +316,53 @@ def test_example_plugin_package_installs_lists_and_runs(tmp_path, monkeypatch):
         assert torch.allclose(adapter.predict(f), expected, rtol=1e-5, atol=1e-5)
     finally:
         sys.modules.pop("fdalign_proto", None)
+
+
+def test_plugins_md_example_is_complete_and_runs_in_the_bench(tmp_path, monkeypatch, tiny_model_name):
+    """Extract the three files of docs/plugins.md §3, install them offline as the page says,
+    and run the adapter through the bench runner."""
+    import re
+
+    from fdalign_plugins.config import build_config
+    from fdalign_plugins.report import write_reports
+    from fdalign_plugins.results import read_results
+    from fdalign_plugins.runner import BenchConfig, Runner
+
+    text = (REPO / "docs" / "plugins.md").read_text()
+    blocks = dict(re.findall(r"<!-- example-file: (\S+) -->\n```\w+\n(.*?)```", text, re.S))
+    assert sorted(blocks) == ["fdalign_proto.py", "pyproject.toml", "setup.cfg"]
+    source = tmp_path / "fdalign-proto"
+    source.mkdir()
+    for name, body in blocks.items():
+        assert body == (REPO / "docs" / "example_plugin" / name).read_text(), f"{name}: page and package differ"
+        (source / name).write_text(body)
+    assert "pip install --no-build-isolation ./fdalign-proto" in text
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "--quiet", "--target", str(target), str(source)],
+        check=True, timeout=120, capture_output=True,
+    )
+    monkeypatch.delenv(plugins.NO_EXTERNAL_ENV, raising=False)
+    monkeypatch.syspath_prepend(str(target))
+    sys.modules.pop("fdalign_proto", None)
+    plugins.reset_plugin_manager()
+    try:
+        cfg = build_config(BenchConfig, {
+            "model": tiny_model_name, "pretrained": "none", "adapters": ["proto"], "encoders": ["clip"], "shots": [1],
+            "views": 1, "adapter_params": {"proto": {"mix_steps": "5"}},  # typed by the plugin's declaration
+            "dataset_options": {"num_classes": 3, "train_per_class": 3, "val_per_class": 2, "test_per_class": 3,
+                                "ood_per_class": 2, "image_size": 32}})
+        assert cfg.adapter_params == {"proto": {"mix_steps": 5}}
+        with pytest.raises(FDAlignError, match=r"adapter 'proto': hyper-parameter mix must lie in \[0, 1\], got 2"):
+            build_config(BenchConfig, {"adapter_params": {"proto": {"mix": 2}}})
+        summary = Runner(cfg, tmp_path / "run", log=lambda s: None).run()
+        assert summary.failed == 0 and summary.written == 2
+        recs = read_results(tmp_path / "run")
+        proto = [r for r in recs if r["adapter"] == "proto"][0]
+        assert proto["hparams"]["mix"] in [i / 5 for i in range(5)] and proto["hparams"]["mix_steps"] == 5
+        rows = [line.split("  ")[0] for line in write_reports(recs, tmp_path / "run")["text"].splitlines()]
+        assert "proto" in rows  # labelled by its registry name, as the page says
+    finally:
+        sys.modules.pop("fdalign_proto", None)
+        plugins.reset_plugin_manager()

@@ -21,6 +21,7 @@ from fdalign_plugins.adapter_api import (
     AdapterSpec,
     FewShotTask,
     GridAxis,
+    HParam,
     build_cache_keys,
     class_sum,
     count_correct,
@@ -38,6 +39,13 @@ class ProtoAdapter(Adapter):
     defaults = {"mix": 0.5, "search": True, "mix_scale": 1.0, "mix_steps": 10}
     dataset_defaults = {"eurosat": {"mix": 0.8}}  # per-dataset defaults, keyed by dataset name
     search_space = {"mix": GridAxis("mix_scale", "mix_steps", 0.0)}  # m_i = i · 1.0 / 10
+    # types and ranges, checked before any model is loaded (undeclared ones take their default's type)
+    hparam_types = {
+        "mix": HParam(float, low=0, high=1, help="weight of the class prototypes when search is off"),
+        "search": HParam(bool, help="search the mix on validation"),
+        "mix_scale": HParam(float, low=0, high=1, help="the largest mix searched"),
+        "mix_steps": HParam(int, low=1, help="grid points"),
+    }
 
     def fit(self, task: FewShotTask) -> "ProtoAdapter":
         hp = self.resolve(task)

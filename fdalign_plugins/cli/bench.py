@@ -46,7 +46,10 @@ def build_parser() -> OneLineParser:
     a("--workers", metavar="N", help="data-loading workers (default: 0)")
     a("--batch-size", metavar="N", help="feature-extraction batch size (default: 256)")
     a("--views", metavar="V", help="augmented views of the support set for the adapters' cache (default: 10)")
-    a("--cache-dir", metavar="DIR", help="feature cache folder (default: <out>/cache)")
+    a("--cache-dir", metavar="DIR", help="the store of fine-tuned encoders and features shared by all run folders "
+      "(default: $FDALIGN_STORE, else $FDALIGN_CACHE/store, else ~/.cache/fdalign/store)")
+    a("--store-size", action="store_true", help="print what the store (--cache-dir) holds and exit")
+    a("--prune", metavar="DAYS", type=float, help="remove store entries no run has used for DAYS days (0: all) and exit")
     a("--epochs", metavar="N", help="FD-Align fine-tuning epochs (overrides finetune.epochs)")
     a("--lr", metavar="LR", help="FD-Align learning rate (overrides finetune.lr)")
     a("--beta", metavar="B", help="weight of the spurious KL (overrides finetune.beta)")
@@ -97,6 +100,16 @@ def _run(args) -> int:
         print(format_listing())
         print(f"\npaper tables (--reproduce): {', '.join(list_tables()) or '(none found)'}")
         return 0
+    if args.store_size or args.prune is not None:
+        from ..store import Store, prune, usage
+
+        store = Store(args.cache_dir)
+        if args.prune is not None:
+            gone = prune(store, args.prune)
+            print(f"removed {gone.feature_entries} feature entries and {gone.encoders} encoder folder(s), "
+                  f"{gone.total_bytes / 1e6:.1f} MB, unused for {args.prune:g} day(s) or more")
+        print(usage(store).text())
+        return 0
     if args.reproduce:
         return _reproduce(args)
     if args.report is not None:
@@ -118,6 +131,7 @@ def _run(args) -> int:
         return 0
 
     from ..distributed import init_from_env
+    from ..progress import cli_progress
     from ..report import write_reports
     from ..runner import Runner, default_out
 
@@ -128,7 +142,7 @@ def _run(args) -> int:
     quiet = args.quiet
     log = (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     print(f"{PROG}: run folder {out}", file=sys.stderr)
-    runner = Runner(cfg, out, log=log, progress=not quiet and sys.stderr.isatty(), shard=args.shard)
+    runner = Runner(cfg, out, log=log, progress=cli_progress(quiet), shard=args.shard)
     summary = runner.run()
     from ..results import read_results
 
