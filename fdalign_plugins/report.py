@@ -170,8 +170,14 @@ def render_csv(tables) -> str:
     return buf.getvalue()
 
 
-def render_plot(tables, path: Path) -> Optional[Path]:
-    """Accuracy vs shots, one panel per evaluation set; ``None`` without matplotlib."""
+def render_plot(tables, path: Path, title: str = "") -> Optional[Path]:
+    """Accuracy vs shots, one panel per evaluation set; ``None`` without matplotlib.
+
+    All panels share one y range and one legend (below them); the line style says the
+    encoder (dashed stock CLIP, solid FD-Align, dotted plain fine-tuning), the colour the
+    adapter; curves of different adapters are dodged sideways a little so equal values do
+    not hide each other. ``title`` (model, seeds) heads the figure.
+    """
     try:
         import matplotlib
 
@@ -182,32 +188,53 @@ def render_plot(tables, path: Path) -> Optional[Path]:
     items = list(tables.items())
     if not items:
         return None
-    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 4.2), squeeze=False, sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = {"clip": ("--", "o"), "fdalign": ("-", "s"), "finetune": (":", "^")}
+    handles: Dict[str, Any] = {}
     for ax, ((ds, ev), t) in zip(axes[0], items):
         adapters = []
         for _, a, _ in t["rows"]:
             if a not in adapters:
                 adapters.append(a)
         for i, a in enumerate(adapters):
-            for enc, style in (("clip", "--"), ("fdalign", "-"), ("finetune", ":")):
-                pts = [(k, t["cells"][(a, enc, k)][0]) for k in t["shots"] if (a, enc, k) in t["cells"]]
+            dodge = 2 ** (0.04 * (i - (len(adapters) - 1) / 2))  # multiplicative: the x axis is log2
+            for enc, (style, marker) in styles.items():
+                pts = [(k * dodge, t["cells"][(a, enc, k)][0]) for k in t["shots"]
+                       if (a, enc, k) in t["cells"] and t["cells"][(a, enc, k)][2]]
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3,
-                            color=colours[i % len(colours)], label=row_label(a, enc))
+                    label = row_label(a, enc)
+                    (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=marker, ms=4, lw=1.4,
+                                      alpha=0.85, color=colours[i % len(colours)], label=label)
+                    handles.setdefault(label, line)
         ax.set_xscale("log", base=2)
         ax.set_xticks(t["shots"])
         ax.set_xticklabels([str(k) for k in t["shots"]])
+        ax.minorticks_off()
         ax.set_xlabel("shots per class")
-        ax.set_ylabel("top-1 %")
         ax.set_title(_eval_title(ds, ev), fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    axes[0][0].set_ylabel("top-1 %")
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=8,
+                   frameon=False)
+    legend_rows = -(-len(handles) // 4)
+    fig.suptitle((title + "\n" if title else "") + "dashed: stock CLIP encoder · solid: FD-Align encoder"
+                 + (" · dotted: plain fine-tuning" if any(e == "finetune" for t in tables.values()
+                                                          for _, _, e in t["rows"]) else ""), fontsize=9)
+    fig.tight_layout(rect=(0, 0.06 * legend_rows + 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_title(records: Sequence[Dict[str, Any]]) -> str:
+    """``model ...; mean over N seed(s) (s1, s2)`` for the plot's heading."""
+    models = sorted({str(r["encoder_source"]) for r in records if r.get("encoder") == "clip" and r.get("encoder_source")})
+    seeds = sorted({int(r["seed"]) for r in records})
+    return (f"model {', '.join(models) or '?'}; mean over {len(seeds)} seed(s)"
+            + (f" ({', '.join(map(str, seeds))})" if seeds else ""))
 
 
 def write_reports(records: Sequence[Dict[str, Any]], out: Path, header: str = "") -> Dict[str, Any]:
@@ -218,5 +245,5 @@ def write_reports(records: Sequence[Dict[str, Any]], out: Path, header: str = ""
     text = render_text(tables, header)
     atomic_write_bytes(out / "table.md", render_markdown(tables, header).encode())
     atomic_write_bytes(out / "table.csv", render_csv(tables).encode())
-    plot = render_plot(tables, out / "plot.png")
+    plot = render_plot(tables, out / "plot.png", title=plot_title(records))
     return {"text": text, "markdown": out / "table.md", "csv": out / "table.csv", "plot": plot, "tables": tables}

@@ -211,3 +211,13 @@ def test_rejected_command_leaves_no_empty_run_folder(tmp_path, capsys, tiny_mode
     assert bench_main(["--ood", "nope", "--model", tiny_model_name, "--pretrained", "none", "--out", str(out)]) == 2
     assert not (tmp_path / "deep").exists()
     capsys.readouterr()
+
+
+def test_dataset_options_from_the_command_line(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("dataset_options: {image_dir: images, name: mine}\n")
+    cfg = _cfg(["--config", str(y), "--dataset", "splitjson", "--data-root", str(tmp_path),
+                "--dataset-option", "split_file=split_zhou_OxfordPets.json", "--dataset-option", "name=pets"])
+    assert cfg.dataset_options == {"image_dir": "images", "split_file": "split_zhou_OxfordPets.json", "name": "pets"}
+    with pytest.raises(ConfigError, match="--dataset-option needs KEY=VALUE, got 'oops'"):
+        _cfg(["--dataset-option", "oops"])

@@ -35,7 +35,10 @@ def build_parser() -> OneLineParser:
     a("--seeds", metavar="S,..", help="few-shot sampling seeds (default: 1)")
     a("--dataset", metavar="NAME", help="dataset name (default: world); see --list")
     a("--ood", metavar="NAMES", help="OOD test sets (comma list; default: all the dataset has; '' for none)")
-    a("--data-root", metavar="DIR", help="dataset folder (real datasets)")
+    a("--data-root", metavar="DIR", help="where the dataset is read from: the folder holding the dataset folders "
+      "(CoOp's $DATA), or for folder/splitjson the dataset's own folder; needs --dataset (docs/datasets.md)")
+    a("--dataset-option", action="append", metavar="KEY=VALUE", help="a dataset option (dataset_options in YAML), "
+      "e.g. split_file=split_zhou_OxfordPets.json for splitjson; repeat for several")
     a("--model", metavar="NAME", help="open_clip model name or local-dir:PATH (default: fdalign-world-tiny)")
     a("--pretrained", metavar="TAG|FILE", help="open_clip pretrained tag or local weights file")
     a("--encoder", metavar="PATH|DIR", help="use this FD-Align checkpoint instead of fine-tuning")
@@ -87,7 +90,29 @@ def _bench_config(args):
         merged = dict((yaml_layer or {}).get("finetune") or {})
         merged.update(ft)
         flags["finetune"] = merged
+    if args.dataset_option:
+        merged = dict((yaml_layer or {}).get("dataset_options") or {})
+        merged.update(_key_values(args.dataset_option, "--dataset-option"))
+        flags["dataset_options"] = merged
     return build_config(BenchConfig, yaml_layer, flags, source="bench config")
+
+
+def _key_values(items: List[str], flag: str) -> dict:
+    """``["k=v", ...]`` -> ``{k: v}``, each value read as YAML (``3`` an int, ``a.json`` a string)."""
+    import yaml
+
+    from ..errors import ConfigError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} needs KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
 
 
 def _run(args) -> int:
@@ -169,6 +194,8 @@ def _reproduce(args) -> int:
     ft = {FINETUNE_FLAGS[k]: v for k, v in vars(args).items() if k in FINETUNE_FLAGS and v is not None}
     if ft:
         flags["finetune"] = ft
+    if args.dataset_option:
+        flags["dataset_options"] = _key_values(args.dataset_option, "--dataset-option")
     if "ood" in flags and flags["ood"].strip() == "":
         flags["ood"] = []
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{path.stem}"
