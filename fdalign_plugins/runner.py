@@ -11,6 +11,7 @@ appends one record to ``results.jsonl``; a re-run skips what is there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -219,7 +220,8 @@ class Runner:
         fcfg = self.cfg.finetune_config(shots, seed, beta)
         d = self._encoder_dir(fcfg, ds, split.support_indices, tag)
         bundle = load_clip(self.cfg.model, self.cfg.pretrained, device=self.device)
-        with self.store.lock(d.name, log=self.log):
+        # rank 0 alone takes the lock: under torchrun every rank must enter finetune() together
+        with self.store.lock(d.name, log=self.log) if is_main() else contextlib.nullcontext():
             if (d / WEIGHTS_NAME).is_file():
                 load_encoder_into(bundle.model, d)
                 touch(d / WEIGHTS_NAME)

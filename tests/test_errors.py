@@ -445,6 +445,17 @@ def _cache_dir_not_writable(env):
     return _cli(bench_main, ["--cache-dir", str(env.tmp / "afile" / "cache"), "--out", str(env.out)], env.capsys)
 
 
+@case("E46")
+def _dataset_option_without_value(env):
+    return _cli(bench_main, ["--dataset", "splitjson", "--data-root", str(env.tmp), "--dataset-option",
+                             "split_zhou.json"], env.capsys)
+
+
+@case("E47")
+def _negative_prune(env):
+    return _cli(bench_main, ["--cache-dir", str(env.tmp / "store"), "--prune", "-1"], env.capsys)
+
+
 class Env:
     pass
 

@@ -85,3 +85,26 @@ def test_run_header_says_how_much_work_lies_ahead_and_progress_prints_lines_off_
     err = capsys.readouterr().err
     assert "12 record(s) to compute" in err and "0 encoder(s) to fine-tune, 2 reused from the store" in err
     assert "img to do" not in err  # every feature was read back
+
+
+def test_two_runs_never_fine_tune_the_same_encoder_at_once(tmp_path):
+    import threading
+
+    store = Store(tmp_path / "s")
+    said, order = [], []
+
+    def second():
+        with store.lock("fdalign-1shot-seed1-abc", log=said.append):
+            order.append("second")
+
+    with store.lock("fdalign-1shot-seed1-abc"):
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(1.0)
+        assert t.is_alive() and order == []  # blocked while the first holds the lock
+        order.append("first")
+    t.join(5.0)
+    assert order == ["first", "second"]
+    assert said == ["waiting for another run that is fine-tuning the same encoder (fdalign-1shot-seed1-abc)"]
+    with store.lock("other"):  # another encoder is not blocked
+        pass
