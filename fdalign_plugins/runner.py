@@ -36,6 +36,7 @@ from .features import FeatureCache
 from .models import DEFAULT_MODEL, ClipBundle, load_clip, state_fingerprint
 from .prompts import normalise, text_classifier
 from .results import ResultsFile
+from .preflight import names_not_run
 from .store import Store
 from .trainer import finetune, resolve_device
 
@@ -330,6 +331,9 @@ class Runner:
         t_start = time.time()
         cfg = self.cfg
         adapters = resolve_adapters(cfg.adapters)
+        unused = names_not_run(cfg.adapter_params, adapters)
+        if unused:  # checked, but not silently ignored either
+            self.log(f"note: adapter_params given for {', '.join(unused)}, which this run does not include")
         ds = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
         if cfg.skip_corrupt:  # evaluation sets too: go on without what cannot be read, with a warning
             ds = dataclasses.replace(ds, test=drop_unreadable(ds.test, f"{ds.name} test")[0],
@@ -369,6 +373,8 @@ class Runner:
                     check_images(split.support, f"the {shots}-shot support set")
                     check_images(split.val, "the validation set")
                 if stock is None:
+                    self.log(f"  loading {cfg.model} and encoding the text classifier ({ds.num_classes} classes x "
+                             f"{len(ds.templates)} templates)")
                     stock = load_clip(cfg.model, cfg.pretrained, device=self.device)
                     classifier = text_classifier(stock.model, stock.tokenizer, ds.classnames, ds.templates).cpu()
                 for enc in encoders:

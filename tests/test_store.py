@@ -80,6 +80,8 @@ def test_run_header_says_how_much_work_lies_ahead_and_progress_prints_lines_off_
     passes = 2 * 2 * (20 + 32) + 2 * 4 * (1 + 2) + 2 * 4 * (2 + 4)
     assert f"4 feature pass(es) over up to {passes} images" in head[0]
     assert "\r" not in err and re.search(r"features clip test: 20 img to do", err)
+    assert "note: adapter_params given for tip-f, which this run does not include" in err  # checked, not ignored
+    assert "encoding the text classifier (4 classes x" in err
     assert re.search(r"features clip test: 20/20 img done in [\d.]+ s \(\d+ img/s\)", err)
     assert bench_main(common + ["--out", str(tmp_path / "b"), "--adapter", "tip,ape"]) == 0
     err = capsys.readouterr().err

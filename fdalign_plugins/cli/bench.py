@@ -150,6 +150,9 @@ def _run(args) -> int:
             raise ConfigError(f"no records in {', '.join(map(str, paths))}: nothing to report (run the bench first, "
                               "or pass the results.jsonl file or run folder that holds them)")
         out = Path(args.out) if args.out else (paths[0] if paths[0].is_dir() else paths[0].parent)
+        from ..preflight import check_output_folder
+
+        check_output_folder(out, "--out")  # the tables go there: a clear error, not a traceback
         rep = write_reports(records, out, header=_header(records))
         print(rep["text"], end="")
         _print_files(rep)

@@ -73,10 +73,14 @@ class FileSplit(ImageSplit):
         return str(self.path(index))
 
     def identity(self) -> str:
+        cached = getattr(self, "_identity", None)
+        if cached is not None:  # hashing a million paths takes a second; the split does not change
+            return cached
         h = hashlib.sha256(str(self.root.resolve()).encode())
         for p, lbl in zip(self.paths, self.labels.tolist()):
             h.update(f"{p}\0{lbl}\n".encode())
-        return "files:" + h.hexdigest()[:24]
+        self._identity = "files:" + h.hexdigest()[:24]
+        return self._identity
 
 
 class ArraySplit(ImageSplit):
