@@ -192,6 +192,17 @@ def _resolve_source(model: str, pretrained: Optional[str]) -> Tuple[str, Optiona
     return model, pretrained
 
 
+def _check_fetchable(model: str, pretrained: Optional[str], src: Optional[str]) -> bool:
+    """Whether ``src`` is a hub tag to download; raise :class:`CheckpointError` if downloads are off."""
+    is_hub_tag = src is not None and not Path(src).is_file()
+    if is_hub_tag and _offline():
+        raise CheckpointError(
+            f"cannot fetch pretrained weights {model}/{pretrained}: hub downloads are disabled (HF_HUB_OFFLINE=1). "
+            f"Download the weights on a machine with internet and pass the file: --model {model} --pretrained /path/to/weights"
+        )
+    return is_hub_tag
+
+
 def load_clip(
     model: str = DEFAULT_MODEL,
     pretrained: Optional[str] = None,
@@ -227,12 +238,7 @@ def load_clip(
     elif pretrained.lower() == "none":
         pretrained = None
     name, src = _resolve_source(model, pretrained)
-    is_hub_tag = src is not None and not Path(src).is_file()
-    if is_hub_tag and _offline():
-        raise CheckpointError(
-            f"cannot fetch pretrained weights {model}/{pretrained}: hub downloads are disabled (HF_HUB_OFFLINE=1). "
-            f"Download the weights on a machine with internet and pass the file: --model {model} --pretrained /path/to/weights"
-        )
+    is_hub_tag = _check_fetchable(model, pretrained, src)
     try:
         # random initialisation (no weights) is seeded so that runs stay reproducible,
         # without touching the caller's RNG state

@@ -52,7 +52,8 @@ def check_model_source(model: str, pretrained: Optional[str]) -> None:
 
     Raises:
         ConfigError: unknown model or tag, or a real model without ``--pretrained``.
-        CheckpointError: a weights file that does not exist.
+        CheckpointError: a weights file that does not exist, or hub weights while
+            downloads are disabled.
     """
     from . import models
 
@@ -69,7 +70,8 @@ def check_model_source(model: str, pretrained: Optional[str]) -> None:
                 "or --pretrained none to run on random weights on purpose"
             )
         pretrained = models._DEFAULT_TAG.get(model)
-    models._resolve_source(model, pretrained)
+    _, src = models._resolve_source(model, pretrained)
+    models._check_fetchable(model, pretrained, src)  # offline and a hub tag: say so now, not after the data
 
 
 def check_encoder_file(path: Union[str, Path]) -> Path:

@@ -125,7 +125,9 @@ def _unknown_tag(env):
 
 @case("E13")
 def _offline(env):
-    return _cli(finetune_main, ["--model", "ViT-B-32", "--pretrained", "openai"], env.capsys)
+    _no_model_load(env)  # said before the data or any model is loaded
+    msg = _cli(finetune_main, ["--model", "ViT-B-32", "--pretrained", "openai"], env.capsys)
+    return msg + _cli(bench_main, ["--model", "ViT-B-32", "--pretrained", "openai", "--out", str(env.out)], env.capsys)
 
 
 @case("E14")
