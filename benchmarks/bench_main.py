@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def run_main_job(out: Path, cache: Path, args: list) -> tuple:
-    env = {**os.environ, "FDALIGN_CACHE": str(cache)}
+    env = {**os.environ, "FDALIGN_CACHE": str(cache), "FDALIGN_STORE": str(cache / "store")}  # a cold store
     cmd = [sys.executable, "-m", "fdalign_plugins.cli.bench"] + args + ["--out", str(out), "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
