@@ -72,6 +72,7 @@ def run_cli(main: Callable[[], int], prog: str, resume_hint: str = "re-run the s
 
     from ..preflight import forget_created_folders, remove_created_folders
 
+    forget_created_folders()  # only what this command creates is removed when it fails
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
