@@ -2,7 +2,8 @@
 
 Off a terminal (a batch job's log, ``| tee``) tqdm's carriage-return bars turn into
 noise or nothing; :class:`PlainProgress` prints a start line, a line every
-``every`` seconds, and an end line with the rate instead.
+``every`` seconds, and an end line with the rate instead — for long steps only
+(:data:`PLAIN_MIN_ITEMS`, :data:`PLAIN_MIN_SECONDS`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from typing import Any, Optional, TextIO, Union
 
 #: ``progress`` values: ``False`` (silent), ``True`` (a tqdm bar) or ``"plain"`` (lines).
 Progress = Union[bool, str]
+
+#: Plain lines are printed for steps of at least this many units, or that have already
+#: taken ``PLAIN_MIN_SECONDS``: a log gets a line per long step, not ten per small one.
+PLAIN_MIN_ITEMS = 1000
+PLAIN_MIN_SECONDS = 2.0
 
 
 class PlainProgress:
@@ -32,26 +38,33 @@ class PlainProgress:
         self.stream = stream or sys.stderr
         self.n = 0
         self.t0 = self.last = time.monotonic()
-        if self.total:
-            self._say(f"{self.desc}: {self.total} {self.unit} to do")
+        self.started = False
+        if self.total >= PLAIN_MIN_ITEMS:
+            self._start()
 
     def _say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
+    def _start(self) -> None:
+        self.started = True
+        self._say(f"{self.desc}: {self.total} {self.unit} to do")
+
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - self.last >= self.every and self.n < self.total:
+        if not self.started and self.total and now - self.t0 >= PLAIN_MIN_SECONDS:
+            self._start()  # a small step that turned out slow: say so after all
+        if self.started and now - self.last >= self.every and self.n < self.total:
             self.last = now
             self._say(f"{self.desc}: {self.n}/{self.total} {self.unit} ({100 * self.n / self.total:.0f} %, "
                       f"{now - self.t0:.0f} s)")
 
     def close(self) -> None:
-        if self.total:
+        if self.started:
             dt = time.monotonic() - self.t0
             self._say(f"{self.desc}: {self.n}/{self.total} {self.unit} done in {dt:.1f} s "
                       f"({self.n / max(dt, 1e-9):.0f} {self.unit}/s)")
-        self.total = 0  # close twice: one end line
+        self.started = False  # close twice: one end line
 
 
 def progress_bar(total: int, desc: str, progress: Progress, unit: str = "img", **tqdm_kw: Any):

@@ -216,13 +216,13 @@ def render_plot(tables, path: Path, title: str = "") -> Optional[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("top-1 %")
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=8,
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)), fontsize=8,
                    frameon=False)
-    legend_rows = -(-len(handles) // 4)
+    legend_rows = -(-len(handles) // 5)
     fig.suptitle((title + "\n" if title else "") + "dashed: stock CLIP encoder · solid: FD-Align encoder"
                  + (" · dotted: plain fine-tuning" if any(e == "finetune" for t in tables.values()
                                                           for _, _, e in t["rows"]) else ""), fontsize=9)
-    fig.tight_layout(rect=(0, 0.06 * legend_rows + 0.02, 1, 1))
+    fig.tight_layout(rect=(0, 0.045 * legend_rows + 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -155,6 +155,7 @@ def test_finetune_interrupt_message_names_resume_and_resume_continues(tiny_model
     assert finetune_main(argv) == 2  # the same command refuses to overwrite the saved epoch
     assert "pass --resume to continue it" in capsys.readouterr().err
     assert finetune_main(argv + ["--resume"]) == 0
+    assert f"2 epoch(s) x 1 step(s), state saved after each epoch in {out}" in capsys.readouterr().err  # the header
     meta = json.loads((out / "encoder.json").read_text())
     assert len(meta["history"]) == 2  # epoch 1 from the saved state, epoch 2 trained now
 

@@ -69,7 +69,10 @@ def test_default_store_location(monkeypatch, tmp_path):
 
 
 def test_run_header_says_how_much_work_lies_ahead_and_progress_prints_lines_off_a_tty(small_config, tmp_path,  # noqa: F811
-                                                                                     capsys):
+                                                                                     capsys, monkeypatch):
+    from fdalign_plugins import progress
+
+    monkeypatch.setattr(progress, "PLAIN_MIN_ITEMS", 20)  # the test's splits are tiny: lines for 20+ images
     common = ["--config", str(small_config), "--shots", "1,2", "--adapter", "tip", "--cache-dir", str(tmp_path / "s")]
     assert bench_main(common + ["--out", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err  # not a terminal: plain progress lines, no carriage-return bars
@@ -83,6 +86,7 @@ def test_run_header_says_how_much_work_lies_ahead_and_progress_prints_lines_off_
     assert "note: adapter_params given for tip-f, which this run does not include" in err  # checked, not ignored
     assert "encoding the text classifier (4 classes x" in err
     assert re.search(r"features clip test: 20/20 img done in [\d.]+ s \(\d+ img/s\)", err)
+    assert "features clip val" not in err  # 4 images: too small a step for a line
     assert bench_main(common + ["--out", str(tmp_path / "b"), "--adapter", "tip,ape"]) == 0
     err = capsys.readouterr().err
     assert "12 record(s) to compute" in err and "0 encoder(s) to fine-tune, 2 reused from the store" in err

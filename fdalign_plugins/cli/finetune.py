@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -115,9 +116,10 @@ def _run(args) -> int:
     check_images(split.val, f"the validation set of {ds.name}")
     main_rank = is_main()
     if main_rank:
+        steps = math.ceil(math.ceil(len(split.support) / cfg.batch_size) / cfg.grad_accum)
         print(f"{PROG}: {bundle.model_name} ({bundle.pretrained or 'random init'}) on {ds.name}: {len(ds.classnames)} classes, "
-              f"{len(split.support)} support / {len(split.val)} validation images (validation from {split.val_from})",
-              file=sys.stderr)
+              f"{len(split.support)} support / {len(split.val)} validation images (validation from {split.val_from}); "
+              f"{cfg.epochs} epoch(s) x {steps} step(s), state saved after each epoch in {out}", file=sys.stderr)
     res = finetune(
         bundle, split.support, ds.classnames, cfg, val=split.val, out_dir=out, resume=args.resume,
         progress=not args.quiet and sys.stderr.isatty(), log=lambda s: print(s, file=sys.stderr),
