@@ -31,12 +31,12 @@ from .config import FinetuneConfig, build_config, coerce_layer, to_dict
 from .datasets import check_images, drop_unreadable, few_shot_split, load_dataset
 from .datasets.base import FewShotDataset
 from .distributed import is_main
-from .errors import ConfigError, FDAlignError
+from .errors import ConfigError
 from .features import FeatureCache
 from .models import DEFAULT_MODEL, ClipBundle, load_clip, state_fingerprint
+from .preflight import names_not_run
 from .prompts import normalise, text_classifier
 from .results import ResultsFile
-from .preflight import names_not_run
 from .store import Store
 from .trainer import finetune, resolve_device
 

@@ -6,7 +6,6 @@ import signal
 import stat
 
 import pytest
-import torch
 
 from fdalign_plugins.adapter_api import Adapter, HParam, check_hparams
 from fdalign_plugins.cli.bench import _bench_config, build_parser
