@@ -197,6 +197,11 @@ class APEAdapter(Adapter):
     dataset_defaults = APE_DATASET_DEFAULTS
     search_space = APE_SEARCH_SPACE
     hparam_types = APE_HPARAMS
+    selection = ("val", "fixed", "test")  # fixed with search=False; the reference's ImageNet loader is the test set
+
+    def selects_on_validation(self) -> bool:
+        """β, α, γ are chosen on validation unless ``search`` is off."""
+        return bool(self.hparams.get("search", True))
 
     def fit(self, task: FewShotTask) -> "APEAdapter":
         """Select channels, build the refined cache, search β, α, γ on validation."""

@@ -169,6 +169,11 @@ class APETAdapter(Adapter):
     dataset_defaults = APE_T_DATASET_DEFAULTS
     search_space = APE_T_SEARCH_SPACE
     hparam_types = APE_T_HPARAMS
+    selection = ("val", "fixed", "test")
+
+    def selects_on_validation(self) -> bool:
+        """The best epoch (any epochs > 0) and α, β (``search``) are chosen on validation."""
+        return bool(self.hparams.get("search", True)) or int(self.hparams.get("epochs", 0)) > 0
 
     def fit(self, task: FewShotTask) -> "APETAdapter":
         """Select channels, train ``res`` and ``w`` (best epoch on validation), search α, β."""

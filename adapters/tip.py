@@ -121,6 +121,11 @@ class TipAdapter(Adapter):
     dataset_defaults = TIP_DATASET_DEFAULTS
     search_space = TIP_SEARCH_SPACE
     hparam_types = TIP_HPARAMS
+    selection = ("val", "fixed", "test")  # fixed with search=False; the reference's ImageNet script used test
+
+    def selects_on_validation(self) -> bool:
+        """α, β are chosen on validation unless ``search`` is off."""
+        return bool(self.hparams.get("search", True))
 
     def _build_cache(self, task: FewShotTask) -> None:
         dtype = task.work_dtype()

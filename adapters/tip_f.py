@@ -46,6 +46,10 @@ class TipFAdapter(TipAdapter):
     search_space = TIP_SEARCH_SPACE
     hparam_types = {**TIP_HPARAMS, **TRAIN_HPARAMS}
 
+    def selects_on_validation(self) -> bool:
+        """The best epoch (any epochs > 0) and α, β (``search``) are chosen on validation."""
+        return bool(self.hparams.get("search", True)) or int(self.hparams.get("epochs", 0)) > 0
+
     def fit(self, task: FewShotTask) -> "TipFAdapter":
         """Build the cache, train the keys (best epoch on validation), search α, β."""
         hp = self.resolve(task)

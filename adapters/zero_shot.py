@@ -18,6 +18,7 @@ class ZeroShotAdapter(Adapter):
     summary = "Zero-shot CLIP: 100 f W with the text classifier, no use of the support set"
     trains = False
     defaults: dict = {}
+    selection = ("fixed",)
 
     def fit(self, task: FewShotTask) -> "ZeroShotAdapter":
         """Record the classifier and the validation accuracy; nothing is tuned."""

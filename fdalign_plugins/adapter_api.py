@@ -13,8 +13,15 @@ hook (see :mod:`fdalign_plugins.hookspecs`). The usual way is to subclass
 This module also holds the formula pieces every adapter shares — one function per
 formula: :func:`normalise`, :func:`build_cache_keys`, :func:`one_hot`,
 :func:`zero_shot_logits`, :func:`cache_logits`, and (from :mod:`fdalign_plugins.search`)
-:func:`affinity_kernel`, :func:`class_sum` and the vectorised :func:`search_cache_grid`
+:func:`affinity_kernel`, :func:`class_sum`, the vectorised :func:`search_cache_grid` and
+the first-best :func:`search_list`
 — plus :func:`train_on_views`, the training loop of the adapters that train.
+
+How an adapter chose its hyper-parameters is data (:data:`SELECTION_POLICIES`): ``val``
+(on the few-shot validation split), ``fixed`` (nothing chosen) or ``test`` (on the test
+set, only under ``--protocol reference``). An adapter declares the policies it supports
+(:attr:`Adapter.selection`); :func:`check_selection` refuses a protocol it does not
+support and :func:`selection_used` names the policy a fitted adapter followed.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,21 +40,25 @@ from torch import Tensor
 from .errors import ConfigError, DataError, FDAlignError
 from .search import (
     GridAxis,
+    GridList,
     SearchResult,
     affinity_kernel,
     class_sum,
     count_correct,
     grid_values,
     search_cache_grid,
+    search_list,
 )
 
 __all__ = [
+    "SELECTION_POLICIES",
     "Adapter",
     "AdapterSpec",
     "DatasetSpec",
     "EpochRecord",
     "FewShotTask",
     "GridAxis",
+    "GridList",
     "HParam",
     "SearchResult",
     "TRAIN_HPARAMS",
@@ -56,6 +67,8 @@ __all__ = [
     "build_cache_keys",
     "cache_logits",
     "check_hparams",
+    "check_every_class",
+    "check_selection",
     "class_sum",
     "count_correct",
     "grid_values",
@@ -64,12 +77,18 @@ __all__ = [
     "resolve_hparams",
     "scale_channel_count",
     "search_cache_grid",
+    "search_list",
+    "selection_used",
     "train_on_views",
     "zero_shot_logits",
 ]
 
 #: The logit scale of the zero-shot term (CLIP's τ for the OpenAI checkpoints).
 ZERO_SHOT_SCALE = 100.0
+
+#: How hyper-parameters (and a best epoch) were chosen: on the few-shot validation split,
+#: not at all, or on the test set (``--protocol reference`` only; every output flags it).
+SELECTION_POLICIES = ("val", "fixed", "test")
 
 
 def _frozen(mapping: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -207,6 +226,9 @@ class AdapterSpec:
         search_space: the hyper-parameters searched on validation, each a
             :class:`GridAxis` naming the hyper-parameters that hold its scale and step
             count, e.g. ``{"beta": GridAxis("beta_scale", "beta_steps", 0.1)}``.
+        selection: the selection policies the adapter supports, a subset of
+            :data:`SELECTION_POLICIES` (``("fixed",)`` for an adapter that chooses
+            nothing; ``("val",)`` for one whose method never selects on test data).
         distribution: the installed distribution the plugin came from; filled in by
             the plugin manager (leave empty when registering).
         hparam_types: :class:`HParam` declarations (type, range) by hyper-parameter
@@ -220,10 +242,16 @@ class AdapterSpec:
     defaults: Mapping[str, Any]
     dataset_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     search_space: Mapping[str, Any] = field(default_factory=dict)
+    selection: Tuple[str, ...] = ("val", "test")
     distribution: str = ""
     hparam_types: Mapping[str, HParam] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        bad = [p for p in self.selection if p not in SELECTION_POLICIES]
+        if bad or not self.selection:
+            raise ConfigError(f"adapter '{self.name}': selection must be a non-empty subset of "
+                              f"{', '.join(SELECTION_POLICIES)}, got {tuple(self.selection)}")
+        object.__setattr__(self, "selection", tuple(self.selection))
         object.__setattr__(self, "defaults", _frozen(self.defaults))
         object.__setattr__(self, "hparam_types", _frozen(self.hparam_types))
         object.__setattr__(
@@ -354,6 +382,22 @@ def build_cache_keys(support: Tensor) -> Tensor:
     return normalise(support.mean(dim=0))
 
 
+def check_every_class(task: "FewShotTask", adapter: str, why: str) -> None:
+    """Raise :class:`DataError` if a class of ``task`` has no support image.
+
+    Args:
+        task: the few-shot task.
+        adapter: the adapter's name, for the message.
+        why: what the adapter needs one image per class for, e.g. "a mean per class".
+    """
+    counts = torch.bincount(task.support_labels, minlength=task.num_classes)  # [C]
+    missing = (counts == 0).nonzero().flatten().tolist()
+    if missing:
+        shown = ", ".join(str(c) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise DataError(f"adapter '{adapter}': class(es) {shown} have no support image ({len(missing)} of "
+                        f"{task.num_classes}); it needs {why}. Give every class at least one support image")
+
+
 def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """Cache values ``L``: ``[N, C]`` one-hot rows of ``labels`` (``[N]`` int64)."""
     return F.one_hot(labels.long(), num_classes).to(dtype)
@@ -427,6 +471,36 @@ def resolve_hparams(
     return resolved
 
 
+def protocol_policy(protocol: str) -> str:
+    """The policy a selecting adapter follows under ``protocol``: ``test`` under
+    ``reference`` (the runner hands it the test set as its validation set), else ``val``."""
+    return "test" if protocol == "reference" else "val"
+
+
+def check_selection(spec: AdapterSpec, protocol: str) -> None:
+    """Refuse running adapter ``spec`` under ``protocol`` if it does not support the policy.
+
+    An adapter that only ever uses fixed settings runs under any protocol.
+
+    Raises:
+        ConfigError: e.g. ``linear-probe`` (``("val",)``) under ``--protocol reference``.
+    """
+    selecting = [p for p in spec.selection if p != "fixed"]
+    policy = protocol_policy(protocol)
+    if selecting and policy not in spec.selection:
+        raise ConfigError(
+            f"adapter '{spec.name}' supports hyper-parameter selection {'/'.join(spec.selection)} only, but "
+            f"--protocol {protocol} selects on the {'TEST' if policy == 'test' else 'validation'} set; "
+            f"run it under --protocol {'standard' if policy == 'test' else 'reference'} or leave it out of --adapter"
+        )
+
+
+def selection_used(adapter: "Adapter", protocol: str) -> str:
+    """The policy a fitted ``adapter`` followed: ``fixed`` if it chose nothing on its
+    validation set (:meth:`Adapter.selects_on_validation`), else the protocol's."""
+    return protocol_policy(protocol) if adapter.selects_on_validation() else "fixed"
+
+
 # --------------------------------------------------------------------------- training
 
 #: Declarations of the hyper-parameters :func:`train_on_views` takes, for adapters that train.
@@ -441,19 +515,21 @@ TRAIN_HPARAMS: Mapping[str, HParam] = MappingProxyType({
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One line of a training history (epoch 0 is the untrained state, without a loss)."""
+    """One line of a training history (epoch 0 is the untrained state, without a loss;
+    ``val_correct`` is ``None`` when training does not look at the validation set)."""
 
     epoch: int
     train_loss: Optional[float]
-    val_correct: int
+    val_correct: Optional[int]
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Outcome of :func:`train_on_views`: the chosen epoch and the per-epoch history."""
+    """Outcome of :func:`train_on_views`: the chosen epoch and the per-epoch history
+    (without selection: the last epoch, and ``best_val_correct`` is ``None``)."""
 
     best_epoch: int
-    best_val_correct: int
+    best_val_correct: Optional[int]
     history: List[EpochRecord]
 
 
@@ -469,39 +545,59 @@ def train_on_views(
     *,
     epochs: int,
     lr: float,
-    eps: float,
+    eps: float = 1e-8,
     weight_decay: float,
     batch_size: int = 256,
     dtype: Optional[torch.dtype] = None,
+    optimizer: str = "adamw",
+    momentum: float = 0.9,
+    warmup_epochs: int = 0,
+    warmup_lr: float = 1e-5,
+    select_on_val: bool = True,
+    penalty: Optional[Callable[[], Tensor]] = None,
 ) -> TrainResult:
     """Train ``parameters`` with cross-entropy on the cached augmented views.
 
     Epoch ``e`` trains on view ``e mod V`` of the support set, each feature
     L2-normalised, in a shuffled order drawn from a local generator seeded with
     ``task.seed`` (no global RNG is touched), in batches of ``min(batch_size, N)``.
-    AdamW with a cosine schedule stepped per iteration (as the references). After
-    every epoch the validation top-1 is counted; the parameters of the best epoch —
-    epoch 0, the untrained state, included; the earliest on ties — are restored on
-    return. Test features are never involved.
+    AdamW (or SGD with momentum) with a cosine schedule stepped per iteration (as the
+    references), after ``warmup_epochs`` epochs at the constant ``warmup_lr`` (Dassl's
+    "constant" warm-up, which CLAP uses). With ``select_on_val`` the validation top-1 is
+    counted after every epoch and the parameters of the best epoch — epoch 0, the
+    untrained state, included; the earliest on ties — are restored on return; without
+    it the validation set is never looked at and the last epoch is kept. Test features
+    are never involved.
 
     Args:
         parameters: the trainable tensors ``forward`` closes over.
         forward: ``forward(features [B, D]) -> logits [B, C]``.
         task: the few-shot task (support views, labels, validation set, seed).
         epochs: number of epochs (0 leaves the parameters untouched).
-        lr: AdamW learning rate.
-        eps: AdamW epsilon.
-        weight_decay: AdamW weight decay.
+        lr: learning rate.
+        eps: AdamW epsilon (unused by SGD).
+        weight_decay: weight decay.
         batch_size: maximum batch size.
         dtype: feature dtype for training (default: ``task.work_dtype()``).
+        optimizer: ``"adamw"`` or ``"sgd"``.
+        momentum: SGD momentum (unused by AdamW).
+        warmup_epochs: epochs at ``warmup_lr`` before the cosine schedule starts.
+        warmup_lr: the constant warm-up learning rate.
+        select_on_val: keep the best epoch on validation (else the last epoch).
+        penalty: optional ``penalty() -> scalar`` added to every batch's loss (CLAP's
+            constraint).
 
     Returns:
-        The best epoch, its validation correct count and the history.
+        The kept epoch, its validation correct count and the history.
     """
     if epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {epochs}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if optimizer not in ("adamw", "sgd"):
+        raise ConfigError(f"optimizer must be adamw or sgd, got {optimizer!r}")
+    if not 0 <= warmup_epochs <= epochs:
+        raise ConfigError(f"warmup_epochs must lie in [0, epochs={epochs}], got {warmup_epochs}")
     params = list(parameters)
     dtype = dtype or task.work_dtype()
     device = params[0].device if params else task.support.device
@@ -513,37 +609,58 @@ def train_on_views(
     bs = min(batch_size, num)
     iters = math.ceil(num / bs)
 
-    best_correct = _count_correct_chunked(forward, val, val_labels)
+    def evaluate() -> Optional[int]:
+        return _count_correct_chunked(forward, val, val_labels) if select_on_val else None
+
+    best_correct = evaluate()
     best_epoch, best_state = 0, [p.detach().clone() for p in params]
     history = [EpochRecord(0, None, best_correct)]
     if epochs == 0:
         return TrainResult(0, best_correct, history)
 
-    optimizer = torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * iters)
+    if optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    scheduler = None
+    if warmup_epochs == 0:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * iters)
+    else:
+        for group in opt.param_groups:
+            group["lr"] = warmup_lr
     generator = torch.Generator().manual_seed(int(task.seed))
     for epoch in range(1, epochs + 1):
+        if scheduler is None and epoch > warmup_epochs:  # warm-up over: cosine from lr on the rest
+            for group in opt.param_groups:
+                group["lr"] = lr
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=(epochs - warmup_epochs) * iters)
         inputs = views[(epoch - 1) % views.shape[0]]  # [N, D]
         order = torch.randperm(num, generator=generator).to(device)
         total_loss = 0.0
         for start in range(0, num, bs):
             idx = order[start : start + bs]
             loss = F.cross_entropy(forward(inputs[idx]), labels[idx])
+            if penalty is not None:
+                loss = loss + penalty()
             if not torch.isfinite(loss):
                 raise FDAlignError(f"training diverged: loss is {loss.item()} at epoch {epoch}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
+            opt.step()
+            if scheduler is not None:
+                scheduler.step()
             total_loss += float(loss.detach()) * len(idx)
-        correct = _count_correct_chunked(forward, val, val_labels)
+        correct = evaluate()
         history.append(EpochRecord(epoch, total_loss / num, correct))
-        if correct > best_correct:
+        if not select_on_val:
+            best_epoch = epoch
+        elif correct > best_correct:
             best_correct, best_epoch = correct, epoch
             best_state = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, best in zip(params, best_state):
-            p.copy_(best)
+    if select_on_val:
+        with torch.no_grad():
+            for p, best in zip(params, best_state):
+                p.copy_(best)
     return TrainResult(best_epoch, best_correct, history)
 
 
@@ -566,7 +683,11 @@ class Adapter(abc.ABC):
         trains: whether ``fit`` trains.
         defaults: every hyper-parameter with its generic default.
         dataset_defaults: per-dataset overrides.
-        search_space: searched hyper-parameters (:class:`GridAxis` each).
+        search_space: searched hyper-parameters (a :class:`GridAxis` or a
+            :class:`GridList` each).
+        selection: the selection policies the adapter supports (see
+            :data:`SELECTION_POLICIES`); override :meth:`selects_on_validation` when
+            some hyper-parameter settings choose nothing.
         hparam_types: optional :class:`HParam` (type, range) per hyper-parameter;
             undeclared ones are typed by their default.
     """
@@ -576,7 +697,8 @@ class Adapter(abc.ABC):
     trains: ClassVar[bool] = False
     defaults: ClassVar[Mapping[str, Any]] = {}
     dataset_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-    search_space: ClassVar[Mapping[str, GridAxis]] = {}
+    search_space: ClassVar[Mapping[str, Any]] = {}  # GridAxis or GridList per searched name
+    selection: ClassVar[Tuple[str, ...]] = ("val", "test")
     hparam_types: ClassVar[Mapping[str, HParam]] = {}
 
     def __init__(self, **hparams: Any) -> None:
@@ -605,6 +727,7 @@ class Adapter(abc.ABC):
             dataset_defaults=cls.dataset_defaults,
             search_space=cls.search_space,
             hparam_types=cls.hparam_types,
+            selection=cls.selection,
         )
 
     def resolve(self, task: FewShotTask) -> Dict[str, Any]:
@@ -650,6 +773,12 @@ class Adapter(abc.ABC):
         if self._chosen is None:
             raise FDAlignError(f"adapter '{self.name}' is not fitted; call fit(task) first")
         return copy.deepcopy(self._chosen)
+
+    def selects_on_validation(self) -> bool:
+        """Whether ``fit`` (with the resolved ``self.hparams``) chose anything — a
+        hyper-parameter, a best epoch — on the validation set. The default: unless the
+        adapter declares only the ``fixed`` policy."""
+        return any(p != "fixed" for p in self.selection)
 
     # ---- helpers for subclasses
 

@@ -67,7 +67,7 @@ NO_EXTERNAL_ENV = "FDALIGN_NO_EXTERNAL_PLUGINS"
 #: module that does not exist (yet) is skipped; one that fails to import is broken.
 BUILTIN_PLUGIN_MODULES: List[str] = ["fdalign_plugins.datasets.builtin"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")  # '+' for names such as lp++
 
 
 class BrokenPlugin(NamedTuple):
@@ -319,7 +319,8 @@ class FDAlignPluginManager(pluggy.PluginManager):
             width = max(len(a.name) for a in adapters)
             for a in adapters:
                 kind = "trains" if a.trains else "training-free"
-                lines.append(f"  {a.name:<{width}}  {kind:<13}  {a.summary}  [{a.distribution}]")
+                selects = "selects: " + "/".join(a.selection)
+                lines.append(f"  {a.name:<{width}}  {kind:<13}  {selects:<25}  {a.summary}  [{a.distribution}]")
         else:
             lines.append("  (none)")
         lines.append("Datasets:")

@@ -269,6 +269,7 @@ def run_episodic(runner) -> Any:
                        "acc": acc, "ci95": ci, "hparams": {"n_way": ecfg.n_way, "query": ecfg.query,
                                                           "episodes": ecfg.episodes, "repeats": ecfg.repeats},
                        "encoder_fingerprint": fp, "protocol": "episodic", "config": to_dict(cfg),
+                       "selection": "fixed",  # cosine prototypes choose nothing
                        "encoder_source": (f"{bundle.model_name}/{bundle.pretrained or 'none'}" if enc == ENCODER_CLIP
                                           else str(cfg.encoder or "fine-tuned")),
                        "versions": _versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}

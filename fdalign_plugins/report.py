@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 ADAPTER_LABELS = {"zero-shot": "Zero-shot", "tip": "Tip", "tip-f": "Tip-F", "ape": "APE", "ape-t": "APE-T",
-                  "protonet": "Cosine prototypes"}
+                  "gda": "GDA", "lp++": "LP++", "clap": "CLAP", "clip-adapter": "CLIP-Adapter",
+                  "linear-probe": "Linear probe", "protonet": "Cosine prototypes"}
+#: What each selection policy of a record means, for table headers.
+SELECTION_MEANING = {"val": "few-shot validation split", "fixed": "nothing chosen",
+                     "test": "TEST set (--protocol reference)", "unrecorded": "not recorded (older record)"}
 ENCODER_SUFFIX = {"clip": "", "fdalign": " + FD-Align", "finetune": " + FT"}
 ZERO_SHOT_ROWS = {"clip": "CLIP (zero-shot)", "fdalign": "FD-Align", "finetune": "Full fine-tuning"}
 ENCODER_ORDER = ["clip", "fdalign", "finetune"]
@@ -45,6 +49,7 @@ def summarise(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Dict[s
     evals: Dict[str, List[str]] = defaultdict(list)
     adapters: Dict[str, List[str]] = defaultdict(list)
     failed: Dict[Tuple[str, str, str, int], int] = defaultdict(int)  # (ds, adapter, encoder, shots) -> records
+    selection: Dict[str, Dict[str, List[str]]] = defaultdict(dict)
     for r in records:
         ds = r["dataset"]
         if r["adapter"] not in adapters[ds]:
@@ -52,6 +57,9 @@ def summarise(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Dict[s
         if r.get("error") or not r.get("acc"):  # a plugin that raised: a marked cell, never a missing one
             failed[(ds, r["adapter"], r["encoder"], int(r["shots"]))] += 1
             continue
+        policies = selection[ds].setdefault(r["adapter"], [])
+        if r.get("selection", "unrecorded") not in policies:
+            policies.append(r.get("selection", "unrecorded"))
         for ev, v in r["acc"].items():
             if ev not in evals[ds]:
                 evals[ds].append(ev)
@@ -78,7 +86,8 @@ def summarise(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Dict[s
                 present.add((a, enc))
             encs = ENCODER_ORDER + sorted({enc for _, enc in present} - set(ENCODER_ORDER))
             rows = [(row_label(a, enc), a, enc) for a in ad_order for enc in encs if (a, enc) in present]
-            tables[(ds, ev)] = {"shots": sorted(shots), "rows": rows, "cells": cells, "failed": fails}
+            tables[(ds, ev)] = {"shots": sorted(shots), "rows": rows, "cells": cells, "failed": fails,
+                                "selection": {a: selection[ds][a] for a in ad_order if a in selection[ds]}}
     return tables
 
 
@@ -120,6 +129,14 @@ def _eval_title(ds: str, ev: str) -> str:
     return f"{ds} — in-distribution test" if ev == "test" else f"{ds} — OOD: {ev}"
 
 
+def selection_line(t: Dict[str, Any]) -> str:
+    """The table's header line saying how each adapter's hyper-parameters were chosen,
+    e.g. ``selection: Zero-shot fixed · Tip val · CLAP fixed``; a TEST policy is flagged."""
+    parts = [f"{ADAPTER_LABELS.get(a, a)} {'/'.join(p).replace('test', 'TEST')}" for a, p in t.get("selection", {}).items()]
+    flag = "  !! chosen on the TEST set" if any("test" in p for p in t.get("selection", {}).values()) else ""
+    return ("selection: " + " · ".join(parts) + flag) if parts else ""
+
+
 def render_text(tables, header: str = "") -> str:
     """Aligned plain-text tables for the terminal."""
     parts = [header] if header else []
@@ -127,7 +144,7 @@ def render_text(tables, header: str = "") -> str:
         head = ["top-1 %"] + [f"{k}-shot" for k in t["shots"]]
         rows = _table_rows(t)
         widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-        lines = [_eval_title(ds, ev)]
+        lines = [_eval_title(ds, ev)] + ([selection_line(t)] if selection_line(t) else [])
         lines.append("  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(head)))
         lines.append("  ".join("-" * w for w in widths))
         for r in rows:
@@ -143,7 +160,8 @@ def render_markdown(tables, header: str = "") -> str:
     parts = [header] if header else []
     for (ds, ev), t in tables.items():
         head = ["top-1 %"] + [f"{k}-shot" for k in t["shots"]]
-        lines = [f"### {_eval_title(ds, ev)}", "", "| " + " | ".join(head) + " |",
+        lines = [f"### {_eval_title(ds, ev)}", ""] + ([selection_line(t), ""] if selection_line(t) else []) + [
+                 "| " + " | ".join(head) + " |",
                  "|" + "|".join(["---"] + ["---:"] * len(t["shots"])) + "|"]
         for r in _table_rows(t):
             lines.append("| " + " | ".join(c.strip() for c in r) + " |")
@@ -157,16 +175,18 @@ def render_csv(tables) -> str:
     """Long-format CSV: one row per (dataset, eval set, method, shots)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["dataset", "eval_set", "method", "adapter", "encoder", "shots", "mean", "std", "n_seeds", "n_failed"])
+    w.writerow(["dataset", "eval_set", "method", "adapter", "encoder", "shots", "mean", "std", "n_seeds", "n_failed",
+                "selection"])
     for (ds, ev), t in tables.items():
         for label, a, enc in t["rows"]:
             for k in t["shots"]:
                 c = t["cells"].get((a, enc, k))
                 nf = t.get("failed", {}).get((a, enc, k), 0)
+                policy = "/".join(t.get("selection", {}).get(a, []))
                 if c and c[2]:
-                    w.writerow([ds, ev, label, a, enc, k, f"{c[0]:.4f}", f"{c[1]:.4f}", c[2], nf])
+                    w.writerow([ds, ev, label, a, enc, k, f"{c[0]:.4f}", f"{c[1]:.4f}", c[2], nf, policy])
                 elif nf:
-                    w.writerow([ds, ev, label, a, enc, k, "", "", 0, nf])
+                    w.writerow([ds, ev, label, a, enc, k, "", "", 0, nf, policy])
     return buf.getvalue()
 
 

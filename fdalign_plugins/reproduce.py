@@ -4,8 +4,11 @@ A table config (``benchmarks/paper/<name>.yaml``) holds:
 
 * ``title`` and ``source``;
 * ``runs``: named bench configs (the keys of :class:`~fdalign_plugins.runner.BenchConfig`);
+  a run that sets ``protocol`` keeps it whatever ``--protocol`` says (a run of
+  adapters that never select on the test set pins ``standard``), and says so;
 * ``eval_sets``: table column group -> evaluation-set key of the records (``test``,
-  ``imagenet-sketch``, ...);
+  ``imagenet-sketch``, ...), or ``null`` for a group of published numbers only (e.g.
+  11-dataset averages the table does not run);
 * ``rows``: table row -> ``{run, adapter, encoder}``;
 * ``published``: table row -> column group -> shots -> the published number.
 
@@ -78,6 +81,12 @@ def run_table(spec: Dict[str, Any], out: Path, overrides: List[Optional[Mapping[
     records = {}
     for name, run in spec["runs"].items():
         layers = [run] + list(overrides)
+        if "protocol" in run:  # pinned by the table: the run's own protocol wins over --protocol / --config
+            asked = [layer["protocol"] for layer in overrides if layer and "protocol" in layer]
+            if asked and asked[-1] != run["protocol"]:
+                log(f"== run {name!r} keeps protocol {run['protocol']!r} (pinned by the table; "
+                    f"{asked[-1]!r} was asked for the others)")
+            layers.append({"protocol": run["protocol"]})
         ft = {}
         for layer in layers:  # the finetune section merges key by key, like the rest
             if layer and layer.get("finetune"):
@@ -96,6 +105,8 @@ def side_by_side(spec: Dict[str, Any], records: Dict[str, List[Dict[str, Any]]])
     cells: Dict[Tuple[str, str, int], Tuple[float, float, int]] = {}
     for label, row in spec["rows"].items():
         for group, ev in spec["eval_sets"].items():
+            if ev is None:  # published numbers only
+                continue
             by_shot: Dict[int, List[float]] = {}
             ci: Dict[int, float] = {}
             for r in records.get(row["run"], []):
@@ -113,7 +124,7 @@ def side_by_side(spec: Dict[str, Any], records: Dict[str, List[Dict[str, Any]]])
     for group in spec["eval_sets"]:
         shots = sorted({int(k) for lab in spec["published"] for k in spec["published"][lab].get(group, {})}
                        | {k for (lab, g, k) in cells if g == group})
-        head = ["ours / paper (Δ)"] + [f"{k}-shot" for k in shots]
+        head = [("paper only" if spec["eval_sets"][group] is None else "ours / paper (Δ)")] + [f"{k}-shot" for k in shots]
         rows = []
         for label in spec["rows"]:
             pub = spec["published"].get(label, {}).get(group, {})
@@ -124,7 +135,7 @@ def side_by_side(spec: Dict[str, Any], records: Dict[str, List[Dict[str, Any]]])
                 o = f"{ours[0]:.2f}" + (f"±{ours[1]:.2f}" if ours and ours[2] > 1 else "") if ours else "–"
                 pp = f"{p:.2f}" if p is not None else "–"
                 d = f" ({ours[0] - p:+.2f})" if ours and p is not None and not math.isnan(ours[0]) else ""
-                line.append(f"{o} / {pp}{d}")
+                line.append(pp if spec["eval_sets"][group] is None else f"{o} / {pp}{d}")
             rows.append(line)
         widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
         fmt = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))  # noqa: E731
@@ -148,4 +159,14 @@ def header(spec: Dict[str, Any], records: Dict[str, List[Dict[str, Any]]]) -> st
                      if r.get("encoder") == "clip" and r.get("encoder_source")})
     if models:
         lines.append(f"Ours: model {', '.join(models)}; {sum(len(v) for v in records.values())} records")
+    policies: Dict[str, List[str]] = {}
+    for rs in records.values():
+        for r in rs:
+            if not r.get("error"):
+                seen = policies.setdefault(r["adapter"], [])
+                if r.get("selection", "unrecorded") not in seen:
+                    seen.append(r.get("selection", "unrecorded"))
+    if policies:
+        lines.append("Selection (ours): " + ", ".join(f"{a} {'/'.join(p).replace('test', 'TEST')}"
+                                                     for a, p in policies.items()))
     return "\n".join(lines)

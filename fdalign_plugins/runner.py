@@ -113,7 +113,7 @@ class BenchConfig:
 
         # names, hyper-parameters and the fine-tuning section are checked (and typed, so a
         # flag and the same YAML value are one config) now, before any model is loaded
-        resolve_adapters(self.adapters)
+        resolve_adapters(self.adapters, self.protocol, log=lambda line: None)  # run() says what "all" leaves out
         self.adapter_params = check_adapter_params(self.adapter_params)
         check_dataset_source(self.dataset, self.data_root)
         self.finetune = coerce_layer(FinetuneConfig, self.finetune, source="finetune")
@@ -133,15 +133,30 @@ class BenchConfig:
         return build_config(FinetuneConfig, base, self.finetune, item, source="finetune")
 
 
-def resolve_adapters(names: List[str]) -> List[str]:
-    """Expand ``all`` and check names against the registry (unknown -> the valid list)."""
+def resolve_adapters(names: List[str], protocol: str = "standard",
+                     log: Callable[[str], None] = print) -> List[str]:
+    """Expand ``all`` and check names against the registry (unknown -> the valid list)
+    and against ``protocol``: an adapter named explicitly that does not support the
+    protocol's selection policy is refused (:func:`~fdalign_plugins.adapter_api.check_selection`);
+    ``all`` leaves such adapters out and says so through ``log``."""
+    from .adapter_api import check_selection
     from .plugins import get_adapter_spec, list_adapters
 
     if any(n == "all" for n in names):
         names = [s.name for s in list_adapters()]
+        left_out = []
+        for spec in list_adapters():
+            try:
+                check_selection(spec, protocol)
+            except ConfigError:
+                left_out.append(spec.name)
+        if left_out:
+            log(f"--adapter all under --protocol {protocol}: leaving out {', '.join(left_out)} "
+                "(they never select on the test set)")
+            names = [n for n in names if n not in left_out]
     out = []
     for n in ["zero-shot"] + list(names):
-        get_adapter_spec(n)
+        check_selection(get_adapter_spec(n), protocol)
         if n not in out:
             out.append(n)
     return out
@@ -265,7 +280,7 @@ class Runner:
     # ------------------------------------------------------------------ records
     def _record(self, results: ResultsFile, ds: FewShotDataset, adapter: str, enc_label: str, shots: int, seed: int,
                 feats: Dict[str, Any], classifier: torch.Tensor, split, extra: Dict[str, Any]) -> None:
-        from .adapter_api import FewShotTask
+        from .adapter_api import FewShotTask, selection_used
         from .plugins import create_adapter
 
         rec: Dict[str, Any] = {"dataset": ds.name, "adapter": adapter, "encoder": enc_label, "shots": shots,
@@ -285,6 +300,7 @@ class Runner:
             for k, f in feats["ood"].items():
                 acc[k] = _acc(ad.predict(f), self._ood[k].labels, getattr(self._ood[k], "label_subset", None))
             rec.update(acc=acc, val_acc=_acc(ad.predict(feats["val"]), split.val.labels), hparams=ad.chosen_hparams(),
+                       selection=selection_used(ad, self.cfg.protocol),
                        timings={"fit": t1 - t0, "predict": time.time() - t1, "extract": feats["seconds"]})
         except Exception as exc:  # whatever a plugin raises (FDAlignError too) fails its record, not the sweep
             rec.update(acc=None, error=f"{type(exc).__name__}: {exc}")
@@ -330,7 +346,7 @@ class Runner:
             return run_episodic(self)
         t_start = time.time()
         cfg = self.cfg
-        adapters = resolve_adapters(cfg.adapters)
+        adapters = resolve_adapters(cfg.adapters, cfg.protocol, self.log)
         unused = names_not_run(cfg.adapter_params, adapters)
         if unused:  # checked, but not silently ignored either
             self.log(f"note: adapter_params given for {', '.join(unused)}, which this run does not include")

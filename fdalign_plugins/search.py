@@ -23,19 +23,21 @@ This module depends on torch only; :mod:`fdalign_plugins.adapter_api` re-exports
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "GridAxis",
+    "GridList",
     "SearchResult",
     "affinity_kernel",
     "class_sum",
     "count_correct",
     "grid_values",
     "search_cache_grid",
+    "search_list",
     "uniform_block_size",
 ]
 
@@ -89,6 +91,46 @@ class GridAxis:
         if self.offset:
             return f"{self.offset:g} + i({self.scale} - {self.offset:g})/{self.steps}, i < {self.steps}"
         return f"i·{self.scale}/{self.steps}, i < {self.steps}"
+
+
+@dataclass(frozen=True)
+class GridList:
+    """A searched hyper-parameter whose grid is an explicit list, itself a hyper-parameter
+    (GDA's α ∈ {1e-4, …, 100}, CLIP-Adapter's residual ratio, the linear probe's C).
+
+    Attributes:
+        key: name of the hyper-parameter holding the list of candidate values.
+    """
+
+    key: str
+
+    def values(self, hparams: Mapping[str, Any]) -> List[float]:
+        """The candidates for resolved hyper-parameters ``hparams``, in search order."""
+        return [float(v) for v in hparams[self.key]]
+
+    def describe(self) -> str:
+        """A one-line human description, used by the plugin listing."""
+        return f"one of {self.key}, first best"
+
+
+def search_list(candidates: Sequence[Any], correct: Callable[[Any], int]) -> Tuple[int, List[int]]:
+    """The first candidate with the most correct validation predictions.
+
+    The reference loop ``for c in candidates: if acc(c) > best: keep c``, with accuracy
+    as an integer count so ties are exact; when every candidate gets 0 correct the first
+    one is returned.
+
+    Args:
+        candidates: the values tried, in order.
+        correct: ``correct(value) -> int``, correct validation predictions with ``value``.
+
+    Returns:
+        The chosen index and the correct count of every candidate.
+    """
+    if len(candidates) == 0:
+        raise ValueError("search list is empty: need at least one candidate")
+    counts = [int(correct(c)) for c in candidates]
+    return counts.index(max(counts)), counts
 
 
 def affinity_kernel(affinity: Tensor, beta: float, out: Optional[Tensor] = None) -> Tensor:

@@ -434,9 +434,9 @@ def test_every_listed_adapter_runs_on_tiny_clip_features(tiny_bundle):
     task = FewShotTask(support, labels, text.T.contiguous(), val, val_labels, "eurosat", shots, 1)
     pm = get_plugin_manager(load_external=False)
     names = [spec.name for spec in pm.list_adapters()]
-    assert {"zero-shot", "tip", "tip-f", "ape", "ape-t"} <= set(names)
+    assert {"zero-shot", "tip", "tip-f", "ape", "ape-t", "gda", "lp++", "clap", "clip-adapter", "linear-probe"} <= set(names)
     for spec in pm.list_adapters():
-        adapter = pm.create_adapter(spec.name, **({"epochs": 2} if spec.trains else {})).fit(task)
+        adapter = pm.create_adapter(spec.name, **({"epochs": 2} if "epochs" in spec.defaults else {})).fit(task)
         logits = adapter.predict(test)
         assert logits.shape == (classes, classes) and torch.isfinite(logits).all()
         assert 0.0 <= adapter.val_accuracy <= 100.0

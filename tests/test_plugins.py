@@ -22,7 +22,7 @@ from fdalign_plugins.adapter_api import FewShotTask, normalise
 from fdalign_plugins.errors import FDAlignError, PluginError
 from fdalign_plugins.plugins import get_plugin_manager
 
-BUILTIN_ADAPTERS = ["ape", "ape-t", "tip", "tip-f", "zero-shot"]
+BUILTIN_ADAPTERS = ["ape", "ape-t", "clap", "clip-adapter", "gda", "linear-probe", "lp++", "tip", "tip-f", "zero-shot"]
 REPO = Path(__file__).resolve().parents[1]
 
 GOOD_ADAPTER = '''
@@ -158,12 +158,14 @@ def test_builtins_come_from_our_own_entry_points():
     specs = {s.name: s for s in pm.list_adapters()}
     assert sorted(specs) == BUILTIN_ADAPTERS
     assert all(s.distribution == plugins.OWN_DISTRIBUTION for s in specs.values())
-    assert {n for n, s in specs.items() if s.trains} == {"tip-f", "ape-t"}
+    assert {n for n, s in specs.items() if s.trains} == {"tip-f", "ape-t", "lp++", "clap", "clip-adapter", "linear-probe"}
     assert specs["tip"].search_space["beta"].values(specs["tip"].defaults)[:2] == [0.1, 0.1 + 6.9 / 200]
     assert specs["tip"].dataset_defaults["oxford_flowers"]["beta_scale"] == 50.0
     listing = pm.format_listing()
-    assert "tip-f      trains" in listing and "zero-shot  training-free" in listing
-    assert listing.count("[fdalign-plugins]") >= 5
+    assert "tip-f         trains         selects: val/fixed/test" in listing
+    assert "zero-shot     training-free  selects: fixed" in listing
+    assert "clap          trains         selects: fixed" in listing and "lp++          trains         selects: val  " in listing
+    assert listing.count("[fdalign-plugins]") >= 10
     assert pm.registry() is pm.registry()  # collected once per manager
     pm.reset_registry()
     assert [s.name for s in pm.list_adapters()] == BUILTIN_ADAPTERS
@@ -171,7 +173,7 @@ def test_builtins_come_from_our_own_entry_points():
 
 def test_unknown_adapter_lists_the_valid_ones():
     pm = get_plugin_manager(load_external=False)
-    with pytest.raises(PluginError, match=r"^unknown adapter 'tipp'; valid: ape, ape-t, tip, tip-f, zero-shot$"):
+    with pytest.raises(PluginError, match=r"^unknown adapter 'tipp'; valid: ape, ape-t, clap, clip-adapter, gda, linear-probe, lp\+\+, tip, tip-f, zero-shot$"):
         pm.create_adapter("tipp")
     with pytest.raises(PluginError, match=r"unknown dataset 'nope'; valid: "):
         pm.get_dataset_spec("nope")
@@ -186,7 +188,7 @@ def test_third_party_adapter_is_listed_created_and_fitted(site):
     site.add("fdalign-halves", {"fdalign.adapters": {"halves": "tp_halves"}}, {"tp_halves": GOOD_ADAPTER}, "2.3")
     site.add("toy-data", {"fdalign.datasets": {"toy": "tp_toyset"}}, {"tp_toyset": DATASET_PLUGIN})
     listing = plugins.format_listing()
-    assert "halves     training-free  half the zero-shot logits (test plugin)  [fdalign-halves]" in listing
+    assert "halves        training-free  selects: val/test          half the zero-shot logits (test plugin)  [fdalign-halves]" in listing
     assert "toyset" in listing and "[toy-data]" in listing
     spec = plugins.get_adapter_spec("halves")
     assert spec.distribution == "fdalign-halves" and not spec.trains
