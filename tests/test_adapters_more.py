@@ -430,3 +430,66 @@ def test_bad_hyper_parameters_are_clear_errors():
         LPPlusPlusAdapter(alpha_every=0).fit(task)
     with pytest.raises(ConfigError, match="clap: epochs must be >= 1"):
         CLAPAdapter(epochs=0).fit(task)
+
+
+# ----------------------------------------------------------------------- tables and published numbers
+
+
+def _record(adapter, acc, selection, shots=16, encoder="clip", dataset="imagenet"):
+    return {"dataset": dataset, "adapter": adapter, "encoder": encoder, "shots": shots, "seed": 1,
+            "acc": {"test": acc}, "selection": selection}
+
+
+def test_table_headers_say_how_each_adapter_selected():
+    from fdalign_plugins.report import render_markdown, render_text, summarise
+
+    records = [_record("zero-shot", 60.0, "fixed"), _record("gda", 63.0, "val"), _record("clap", 62.0, "fixed"),
+               _record("tip", 61.0, "test")]
+    tables = summarise(records)
+    text = render_text(tables)
+    assert "selection: Zero-shot fixed · Tip TEST · GDA val · CLAP fixed  !! chosen on the TEST set" in text
+    assert "selection: Zero-shot fixed · Tip TEST · GDA val · CLAP fixed" in render_markdown(tables)
+    older = summarise([{k: v for k, v in _record("tip", 61.0, "val").items() if k != "selection"}])
+    assert "selection: Tip unrecorded" in render_text(older)
+
+
+def test_adapters_rn50_covers_every_adapter_with_published_only_averages():
+    from fdalign_plugins.plugins import get_plugin_manager
+    from fdalign_plugins.reproduce import find_table, load_table, side_by_side
+
+    spec = load_table(find_table("adapters-rn50"))
+    names = {s.name for s in get_plugin_manager(load_external=False).list_adapters()}
+    assert {row["adapter"] for row in spec["rows"].values()} == names
+    assert spec["eval_sets"]["11-dataset average"] is None
+    assert spec["published"]["GDA"]["ImageNet"][16] == 63.82 and spec["published"]["GDA"]["11-dataset average"][16] == 76.05
+    records = {"main": [_record("gda", 63.0, "val")], "validation-only": []}
+    text, md = side_by_side(spec, records)
+    gda = [ln for ln in text.split("[11-dataset average]")[0].splitlines() if ln.startswith("GDA ")][0]
+    assert "63.00 / 63.82 (-0.82)" in gda
+    averages = text.split("[11-dataset average]")[1]
+    assert averages.splitlines()[1].startswith("paper only")
+    assert [ln for ln in averages.splitlines() if ln.startswith("GDA ")][0].split()[-1] == "76.05"
+    assert [ln for ln in averages.splitlines() if ln.startswith("LP++ ")][0].split()[-1] == "–"
+
+
+def test_a_run_that_pins_its_protocol_keeps_it(tmp_path, monkeypatch):
+    import fdalign_plugins.runner as runner_mod
+    from fdalign_plugins.reproduce import find_table, load_table, run_table
+
+    seen = {}
+
+    class FakeRunner:
+        def __init__(self, cfg, out, **kwargs):
+            self.cfg, self.out = cfg, out
+
+        def run(self):
+            seen[self.out.name] = (self.cfg.protocol, tuple(self.cfg.adapters))
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "results.jsonl").write_text("")
+
+    monkeypatch.setattr(runner_mod, "Runner", FakeRunner)
+    said = []
+    run_table(load_table(find_table("adapters-rn50")), tmp_path, [None, {"protocol": "reference"}], log=said.append)
+    assert seen["main"][0] == "reference" and "gda" in seen["main"][1]
+    assert seen["validation-only"] == ("standard", ("lp++", "linear-probe", "clap"))
+    assert "== run 'validation-only' keeps protocol 'standard' (pinned by the table; 'reference' was asked for the others)" in said

@@ -456,6 +456,38 @@ def _dataset_option_without_value(env):
 @case("E47")
 def _negative_prune(env):
     return _cli(bench_main, ["--cache-dir", str(env.tmp / "store"), "--prune", "-1"], env.capsys)
+@case("E48")
+def _protocol_refused(env):
+    _no_model_load(env)
+    return _cli(bench_main, ["--adapter", "lp++", "--protocol", "reference", "--out", str(env.out)], env.capsys)
+
+
+def _gda_task(classes=3, holed=None):
+    from fdalign_plugins.adapter_api import FewShotTask, normalise
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(classes).repeat_interleave(2)
+    if holed is not None:
+        labels = labels[labels != holed]
+    support = torch.randn(2, len(labels), 8, generator=g)
+    val = normalise(torch.randn(6, 8, generator=g))
+    return FewShotTask(support, labels, normalise(torch.randn(8, classes, generator=g), dim=0), val,
+                       torch.arange(6) % classes, "x", 2, 1)
+
+
+@case("E49")
+def _class_without_support(env):
+    from fdalign_plugins.plugins import create_adapter
+
+    return _raises(lambda: create_adapter("gda").fit(_gda_task(holed=2)))
+
+
+@case("E50")
+def _wrong_width(env):
+    from fdalign_plugins.plugins import create_adapter
+
+    adapter = create_adapter("gda").fit(_gda_task())
+    return _raises(lambda: adapter.predict(torch.zeros(2, 5)))
 
 
 class Env:

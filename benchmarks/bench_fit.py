@@ -1,0 +1,144 @@
+"""Fit + predict time of every adapter on ImageNet-sized features.
+
+Defaults: C = 1000 classes, K = 16 shots, D = 512, V = 10 augmented views of the
+support set, 5 000 validation and 50 000 test features (float32, clustered features
+with a CLIP-like text classifier, as ``bench_search.py``). Each adapter runs in its own
+child process with ``--threads`` intra-op threads and a wall-clock cap (``--timeout``):
+an adapter still running at the cap is stopped and reported as ``> cap`` — the table
+never shows a time that was not measured. Building the features is not timed.
+
+The budget the project sets is ``--limit`` seconds (60) per adapter for fit + predict
+on 2 CPU cores; the last column says whether each adapter met it.
+
+Usage::
+
+    python benchmarks/bench_fit.py                       # every installed adapter, full size
+    python benchmarks/bench_fit.py --adapters gda,tip    # a subset
+    python benchmarks/bench_fit.py --quick               # small shapes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+import torch
+
+
+def make_task(args) -> Dict[str, Any]:
+    """Support views, validation and test features of a clustered ImageNet-like problem."""
+    from fdalign_plugins.adapter_api import FewShotTask, normalise
+
+    g = torch.Generator().manual_seed(0)
+    noise = 2.0 / args.dim**0.5  # a unit-norm perturbation of scale 2 per feature
+    means = normalise(torch.randn(args.classes, args.dim, generator=g))  # [C, D]
+    labels = torch.arange(args.classes).repeat_interleave(args.shots)  # [N], class-major
+    support = means[labels][None] + noise * torch.randn(args.views, len(labels), args.dim, generator=g)  # [V, N, D] raw
+    val_labels = torch.randint(0, args.classes, (args.val,), generator=g)
+    val = normalise(means[val_labels] + noise * torch.randn(args.val, args.dim, generator=g))  # [Nv, D]
+    test_labels = torch.randint(0, args.classes, (args.test,), generator=g)
+    test = normalise(means[test_labels] + noise * torch.randn(args.test, args.dim, generator=g))  # [Nt, D]
+    text = normalise(means.T + 1.5 * noise * torch.randn(args.dim, args.classes, generator=g), dim=0)
+    common = normalise(torch.randn(args.dim, 1, generator=g), dim=0)
+    classifier = normalise(common + 0.3 * text, dim=0)  # [D, C], columns share a common direction like CLIP's
+    task = FewShotTask(support, labels, classifier, val, val_labels, "imagenet", args.shots, 1)
+    return {"task": task, "test": test, "test_labels": test_labels}
+
+
+def run_one(args) -> None:
+    """Child process: time one adapter's fit and predict, print one JSON line."""
+    from fdalign_plugins.plugins import create_adapter
+
+    torch.set_num_threads(args.threads)
+    problem = make_task(args)
+    task, test = problem["task"], problem["test"]
+    t0 = time.perf_counter()
+    adapter = create_adapter(args.one).fit(task)
+    t1 = time.perf_counter()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(test), 4096):  # chunks: 50 000 × 1000 logits at once would be 200 MB more
+            logits = adapter.predict(test[i : i + 4096])
+            correct += int((logits.argmax(1) == problem["test_labels"][i : i + 4096]).sum())
+    t2 = time.perf_counter()
+    print(json.dumps({"adapter": args.one, "fit": t1 - t0, "predict": t2 - t1,
+                      "test_acc": 100.0 * correct / len(test), "val_acc": adapter.val_accuracy}), flush=True)
+
+
+def main(argv: List[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--adapters", default="all", help="comma list of adapter names, or all (default)")
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--shots", type=int, default=16)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--views", type=int, default=10)
+    p.add_argument("--val", type=int, default=5000)
+    p.add_argument("--test", type=int, default=50000)
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads per adapter (default 2: the budget's cores)")
+    p.add_argument("--limit", type=float, default=60.0, help="the budget per adapter in seconds (default 60)")
+    p.add_argument("--timeout", type=float, default=300.0, help="stop an adapter after this many seconds (default 300)")
+    p.add_argument("--quick", action="store_true", help="small shapes (C=50, D=64, 500 val, 2000 test)")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.classes, args.dim, args.val, args.test = 50, 64, 500, 2000
+    if args.one:
+        run_one(args)
+        return 0
+
+    from fdalign_plugins.plugins import list_adapters
+
+    names = [s.name for s in list_adapters()] if args.adapters == "all" else args.adapters.split(",")
+    print(f"== fit + predict per adapter: C={args.classes}, K={args.shots}, D={args.dim}, V={args.views}, "
+          f"{args.val} validation and {args.test} test features, float32, {args.threads} thread(s), "
+          f"cap {args.timeout:.0f} s, budget {args.limit:.0f} s", flush=True)
+    child = [sys.executable, os.path.abspath(__file__)] + [
+        a for k, v in vars(args).items() if k not in ("adapters", "one", "quick") and v is not None
+        for a in (f"--{k}", str(v))]
+    rows = []
+    for name in names:
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+        t0 = time.perf_counter()
+        try:
+            out = subprocess.run(child + ["--one", name], capture_output=True, text=True, timeout=args.timeout, env=env)
+        except subprocess.TimeoutExpired:
+            rows.append({"adapter": name, "stopped": time.perf_counter() - t0})
+            print(f"  {name}: stopped after {args.timeout:.0f} s", flush=True)
+            continue
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        if out.returncode or not lines:
+            rows.append({"adapter": name, "error": (out.stderr.strip().splitlines() or ["?"])[-1]})
+            print(f"  {name}: FAILED {rows[-1]['error']}", flush=True)
+            continue
+        rows.append(json.loads(lines[-1]))
+        r = rows[-1]
+        print(f"  {name}: fit {r['fit']:.1f} s, predict {r['predict']:.1f} s", flush=True)
+
+    head = ["adapter", "fit s", "predict s", "total s", f"<= {args.limit:.0f} s", "val %", "test %"]
+    table = []
+    for r in rows:
+        if "stopped" in r:
+            table.append([r["adapter"], f"> {args.timeout:.0f}", "–", f"> {args.timeout:.0f}", "no", "–", "–"])
+        elif "error" in r:
+            table.append([r["adapter"], "failed", "–", "–", "–", "–", r["error"][:40]])
+        else:
+            total = r["fit"] + r["predict"]
+            val = "–" if r["val_acc"] is None else f"{r['val_acc']:.2f}"
+            table.append([r["adapter"], f"{r['fit']:.1f}", f"{r['predict']:.1f}", f"{total:.1f}",
+                          "yes" if total <= args.limit else "no", val, f"{r['test_acc']:.2f}"])
+    widths = [max(len(str(x[i])) for x in [head] + table) for i in range(len(head))]
+    print()
+    print("  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(head)))
+    print("  ".join("-" * w for w in widths))
+    for row in table:
+        print("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
