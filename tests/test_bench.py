@@ -65,6 +65,8 @@ def test_cli_end_to_end_table_and_jsonl(small_config, tmp_path, capsys):
         assert r["config"]["adapters"] == ["tip", "tip-f"] and "torch" in r["versions"]
     tip = [r for r in recs if r["adapter"] == "tip"][0]
     assert {"alpha", "beta"} <= set(tip["hparams"])
+    assert {r["adapter"]: r["selection"] for r in recs} == {"zero-shot": "fixed", "tip": "val", "tip-f": "val"}
+    assert "selection: Zero-shot fixed · Tip val · Tip-F val" in text
     assert (out / "table.md").read_text().count("| Tip + FD-Align |") == 3
     assert (out / "table.csv").read_text().startswith("dataset,eval_set,method")
     assert (out / "plot.png").stat().st_size > 1000
@@ -259,6 +261,8 @@ def test_reference_protocol_selects_on_test_and_says_so(small_config, tmp_path, 
     assert text.startswith("!! REFERENCE PROTOCOL") and "selected on the TEST set" in text
     recs = read_results(out)
     assert all(r["protocol"] == "reference" and r["val_from"] == "test" for r in recs)
+    assert {r["adapter"]: r["selection"] for r in recs} == {"zero-shot": "fixed", "tip": "test"}
+    assert "selection: Zero-shot fixed · Tip TEST  !! chosen on the TEST set" in text
     tip = [r for r in recs if r["adapter"] == "tip" and r["encoder"] == "clip"][0]
     assert tip["val_acc"] == tip["acc"]["test"]  # "validation" is the test set here
     fd = [r for r in recs if r["encoder"] == "fdalign"][0]
