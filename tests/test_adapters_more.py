@@ -489,7 +489,8 @@ def test_a_run_that_pins_its_protocol_keeps_it(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner_mod, "Runner", FakeRunner)
     said = []
-    run_table(load_table(find_table("adapters-rn50")), tmp_path, [None, {"protocol": "reference"}], log=said.append)
+    run_table(load_table(find_table("adapters-rn50")), tmp_path / "out",
+              [None, {"protocol": "reference", "data_root": str(tmp_path)}], log=said.append)
     assert seen["main"][0] == "reference" and "gda" in seen["main"][1]
     assert seen["validation-only"] == ("standard", ("lp++", "linear-probe", "clap"))
     assert "== run 'validation-only' keeps protocol 'standard' (pinned by the table; 'reference' was asked for the others)" in said
