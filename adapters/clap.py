@@ -39,6 +39,7 @@ from fdalign_plugins.adapter_api import (
     Adapter,
     AdapterSpec,
     FewShotTask,
+    HParam,
     check_every_class,
     count_correct,
     normalise,
@@ -56,6 +57,16 @@ CLAP_DEFAULTS: Dict[str, Any] = {
     "batch_size": 256,
     "warmup_epochs": 1,
     "warmup_lr": 1e-5,
+}
+
+CLAP_HPARAMS: Dict[str, HParam] = {
+    "epochs": HParam(int, low=1, help="training epochs (the last is kept)"),
+    "lr": HParam(float, low=0, help="SGD learning rate after the warm-up"),
+    "momentum": HParam(float, low=0, high=1, help="SGD momentum"),
+    "weight_decay": HParam(float, low=0, help="SGD weight decay"),
+    "batch_size": HParam(int, low=1, help="largest training batch"),
+    "warmup_epochs": HParam(int, low=0, help="epochs at the constant warm-up rate"),
+    "warmup_lr": HParam(float, low=0, help="the warm-up learning rate"),
 }
 
 
@@ -94,6 +105,7 @@ class CLAPAdapter(Adapter):
     summary = "CLAP: class-adaptive constrained linear probe from the text weights; fixed settings, no validation"
     trains = True
     defaults = CLAP_DEFAULTS
+    hparam_types = CLAP_HPARAMS
     selection = ("fixed",)
 
     def fit(self, task: FewShotTask) -> "CLAPAdapter":

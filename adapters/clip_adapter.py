@@ -38,6 +38,8 @@ from fdalign_plugins.adapter_api import (
     AdapterSpec,
     FewShotTask,
     GridList,
+    HParam,
+    TRAIN_HPARAMS,
     count_correct,
     normalise,
     search_list,
@@ -56,6 +58,14 @@ CLIP_ADAPTER_DEFAULTS: Dict[str, Any] = {
     "eps": 1e-8,
     "weight_decay": 0.01,
     "batch_size": 256,
+}
+
+CLIP_ADAPTER_HPARAMS: Dict[str, HParam] = {
+    **TRAIN_HPARAMS,
+    "ratio": HParam(float, low=0, high=1, help="residual ratio r when search is off"),
+    "search": HParam(bool, help="choose r on validation (one adapter trained per candidate)"),
+    "ratios": HParam(list, help="the r candidates, in search order"),
+    "reduction": HParam(int, low=1, help="bottleneck width D / reduction"),
 }
 
 
@@ -95,6 +105,7 @@ class CLIPAdapter(Adapter):
     trains = True
     defaults = CLIP_ADAPTER_DEFAULTS
     search_space = {"ratio": GridList("ratios")}
+    hparam_types = CLIP_ADAPTER_HPARAMS
     selection = ("val", "fixed", "test")
 
     def selects_on_validation(self) -> bool:

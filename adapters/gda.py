@@ -43,6 +43,7 @@ from fdalign_plugins.adapter_api import (
     AdapterSpec,
     FewShotTask,
     GridList,
+    HParam,
     check_every_class,
     count_correct,
     normalise,
@@ -57,6 +58,12 @@ GDA_DEFAULTS: Dict[str, Any] = {
     "alpha": 1.0,  # used when search is off
     "search": True,  # choose alpha on validation
     "alphas": list(GDA_ALPHAS),
+}
+
+GDA_HPARAMS: Dict[str, HParam] = {
+    "alpha": HParam(float, low=0, help="weight α of the GDA term when search is off"),
+    "search": HParam(bool, help="choose α on validation"),
+    "alphas": HParam(list, help="the α candidates, in search order"),
 }
 
 #: Recorded when the pooled covariance is zero and the isotropic fallback is used.
@@ -109,6 +116,7 @@ class GDAAdapter(Adapter):
     trains = False
     defaults = GDA_DEFAULTS
     search_space = {"alpha": GridList("alphas")}
+    hparam_types = GDA_HPARAMS
     selection = ("val", "fixed", "test")  # fixed with search=False; the released ImageNet script used test
 
     def selects_on_validation(self) -> bool:

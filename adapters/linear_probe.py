@@ -41,6 +41,7 @@ from fdalign_plugins.adapter_api import (
     AdapterSpec,
     FewShotTask,
     GridList,
+    HParam,
     build_cache_keys,
     count_correct,
     search_list,
@@ -57,6 +58,15 @@ LINEAR_PROBE_DEFAULTS: Dict[str, Any] = {
     "refine_steps": 8,
     "max_iter": 1000,
     "tol": 1e-6,
+}
+
+LINEAR_PROBE_HPARAMS: Dict[str, HParam] = {
+    "C": HParam(float, low=0, help="inverse regularisation strength when search is off"),
+    "search": HParam(bool, help="search C on validation (CoOp's grid, then bisection)"),
+    "c_grid": HParam(list, help="CoOp's initial C candidates, in search order"),
+    "refine_steps": HParam(int, low=0, help="log-space bisection steps after the grid"),
+    "max_iter": HParam(int, low=1, help="L-BFGS iterations per fit at most"),
+    "tol": HParam(float, low=0, help="stop when the largest gradient entry falls below tol times its start"),
 }
 
 
@@ -151,6 +161,7 @@ class LinearProbeAdapter(Adapter):
     trains = True
     defaults = LINEAR_PROBE_DEFAULTS
     search_space = {"C": GridList("c_grid")}
+    hparam_types = LINEAR_PROBE_HPARAMS
     selection = ("val", "fixed")  # CoOp's lpclip selects C on a few-shot validation split, never on test
 
     def selects_on_validation(self) -> bool:

@@ -38,6 +38,7 @@ from fdalign_plugins.adapter_api import (
     AdapterSpec,
     EpochRecord,
     FewShotTask,
+    HParam,
     TrainResult,
     build_cache_keys,
     check_every_class,
@@ -50,6 +51,13 @@ LP_PP_DEFAULTS: Dict[str, Any] = {
     "alpha_every": 10,  # one α step every this many epochs (block cycling)
     "momentum": 0.9,
     "alpha_init_scale": 250.0,
+}
+
+LP_PP_HPARAMS: Dict[str, HParam] = {
+    "epochs": HParam(int, low=0, help="full-batch epochs (0: the initialisation)"),
+    "alpha_every": HParam(int, low=1, help="one α step every this many epochs"),
+    "momentum": HParam(float, low=0, high=1, help="SGD momentum of the probe's steps"),
+    "alpha_init_scale": HParam(float, help="factor of the data-driven α initialisation (250)"),
 }
 
 
@@ -91,6 +99,7 @@ class LPPlusPlusAdapter(Adapter):
     summary = "LP++: linear probe blended class-wise with the text weights; data-driven steps, best epoch on validation"
     trains = True
     defaults = LP_PP_DEFAULTS
+    hparam_types = LP_PP_HPARAMS
     selection = ("val",)  # the paper and its code select the epoch on a K-shot validation split
 
     def selects_on_validation(self) -> bool:

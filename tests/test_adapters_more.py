@@ -424,12 +424,18 @@ def test_bad_hyper_parameters_are_clear_errors():
     task = make_task(seed=84)
     with pytest.raises(ConfigError, match=r"ratios must lie in \[0, 1\], got \[1.5\]"):
         CLIPAdapter(ratios=[0.2, 1.5], epochs=0).fit(task)
-    with pytest.raises(ConfigError, match="C must be a positive number, got -1.0"):
-        LinearProbeAdapter(search=False, C=-1.0).fit(task)
-    with pytest.raises(ConfigError, match="lp\\+\\+: epochs must be >= 0 and alpha_every >= 1"):
-        LPPlusPlusAdapter(alpha_every=0).fit(task)
-    with pytest.raises(ConfigError, match="clap: epochs must be >= 1"):
-        CLAPAdapter(epochs=0).fit(task)
+    # declared ranges fail when the adapter is made, before any features exist
+    with pytest.raises(ConfigError, match=re.escape("adapter 'linear-probe': hyper-parameter C must lie in [0, inf], got -1.0")):
+        LinearProbeAdapter(search=False, C=-1.0)
+    with pytest.raises(ConfigError, match=re.escape("adapter 'lp++': hyper-parameter alpha_every must lie in [1, inf], got 0")):
+        LPPlusPlusAdapter(alpha_every=0)
+    with pytest.raises(ConfigError, match=re.escape("adapter 'clap': hyper-parameter epochs must lie in [1, inf], got 0")):
+        CLAPAdapter(epochs=0)
+    # what a range cannot say is checked in fit
+    with pytest.raises(ConfigError, match="C must be a positive number, got 0.0"):
+        LinearProbeAdapter(search=False, C=0.0).fit(task)
+    with pytest.raises(ConfigError, match=r"clap: epochs must be >= 1 and warmup_epochs in \[0, epochs\], got 2, 3"):
+        CLAPAdapter(epochs=2, warmup_epochs=3).fit(task)
 
 
 # ----------------------------------------------------------------------- tables and published numbers
