@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ConfigError, DataError, FDAlignError
+from .spine import BestState, OptimizerSettings, check_finite, make_optimizer, make_schedule
 from .search import (
     GridAxis,
     GridList,
@@ -567,7 +568,8 @@ def train_on_views(
     counted after every epoch and the parameters of the best epoch — epoch 0, the
     untrained state, included; the earliest on ties — are restored on return; without
     it the validation set is never looked at and the last epoch is kept. Test features
-    are never involved.
+    are never involved. Selection, loss guard, optimizer and schedule are the training
+    spine's (:mod:`fdalign_plugins.spine`), shared with the encoder fine-tuners.
 
     Args:
         parameters: the trainable tensors ``forward`` closes over.
@@ -589,6 +591,9 @@ def train_on_views(
 
     Returns:
         The kept epoch, its validation correct count and the history.
+
+    Raises:
+        TrainingError: a NaN or infinite loss (naming epoch and step).
     """
     if epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {epochs}")
@@ -612,28 +617,19 @@ def train_on_views(
     def evaluate() -> Optional[int]:
         return _count_correct_chunked(forward, val, val_labels) if select_on_val else None
 
-    best_correct = evaluate()
-    best_epoch, best_state = 0, [p.detach().clone() for p in params]
-    history = [EpochRecord(0, None, best_correct)]
-    if epochs == 0:
-        return TrainResult(0, best_correct, history)
-
-    if optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scheduler = None
-    if warmup_epochs == 0:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * iters)
-    else:
-        for group in opt.param_groups:
-            group["lr"] = warmup_lr
-    generator = torch.Generator().manual_seed(int(task.seed))
+    holder = torch.nn.ParameterList(params)  # BestState keeps and restores modules
+    best = BestState({"params": holder}, "val" if select_on_val else "last")
+    correct0 = evaluate()
+    best.offer(0, float("nan") if correct0 is None else correct0)
+    history = [EpochRecord(0, None, correct0)]
+    if epochs > 0:
+        opt = make_optimizer(params, OptimizerSettings(optimizer, lr=lr, momentum=momentum if optimizer == "sgd" else 0.0,
+                                                       eps=eps, weight_decay=weight_decay))
+        # Dassl's "constant" warm-up (CLAP): warmup_lr for warmup_epochs, then cosine from lr on the rest
+        scheduler = make_schedule(opt, epochs * iters, warmup_epochs * iters,
+                                  constant_warmup=(warmup_lr / lr if lr > 0 else 0.0) if warmup_epochs else None)
+        generator = torch.Generator().manual_seed(int(task.seed))
     for epoch in range(1, epochs + 1):
-        if scheduler is None and epoch > warmup_epochs:  # warm-up over: cosine from lr on the rest
-            for group in opt.param_groups:
-                group["lr"] = lr
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=(epochs - warmup_epochs) * iters)
         inputs = views[(epoch - 1) % views.shape[0]]  # [N, D]
         order = torch.randperm(num, generator=generator).to(device)
         total_loss = 0.0
@@ -642,26 +638,17 @@ def train_on_views(
             loss = F.cross_entropy(forward(inputs[idx]), labels[idx])
             if penalty is not None:
                 loss = loss + penalty()
-            if not torch.isfinite(loss):
-                raise FDAlignError(f"training diverged: loss is {loss.item()} at epoch {epoch}; lower the learning rate")
+            check_finite(float(loss.detach()), f"epoch {epoch}, step {start // bs + 1}", fix="lower the learning rate")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if scheduler is not None:
-                scheduler.step()
+            scheduler.step()
             total_loss += float(loss.detach()) * len(idx)
         correct = evaluate()
         history.append(EpochRecord(epoch, total_loss / num, correct))
-        if not select_on_val:
-            best_epoch = epoch
-        elif correct > best_correct:
-            best_correct, best_epoch = correct, epoch
-            best_state = [p.detach().clone() for p in params]
-    if select_on_val:
-        with torch.no_grad():
-            for p, best in zip(params, best_state):
-                p.copy_(best)
-    return TrainResult(best_epoch, best_correct, history)
+        best.offer(epoch, float("nan") if correct is None else correct)
+    best.restore()
+    return TrainResult(int(best.epoch), None if correct0 is None else int(best.score), history)
 
 
 # --------------------------------------------------------------------------- adapter

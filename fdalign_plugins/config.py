@@ -35,7 +35,10 @@ class FinetuneConfig:
     data_root: Optional[str] = None
     shots: int = 16
     seed: int = 1
-    # method
+    # method (``fdalign-finetune --list`` lists the methods and their hyper-parameters;
+    # alpha, beta and kl_direction are FD-Align's and apply to the methods that read them)
+    method: str = "fd-align"
+    method_params: Dict[str, Any] = field(default_factory=dict)
     alpha: float = 1.0
     beta: float = 1.0
     kl_direction: str = "overview"
@@ -78,7 +81,26 @@ class FinetuneConfig:
             raise ConfigError(f"aug_scale must be two numbers 0 < lo <= hi <= 1, got {self.aug_scale}")
         if self.spc_keep < 0 or self.spc_k < 0:
             raise ConfigError("spc_keep and spc_k must be >= 0 (0 switches that SPC step off)")
+        self.create_method()  # an unknown method or hyper-parameter fails here, before any model is loaded
         return self
+
+    def method_hparams(self) -> Dict[str, Any]:
+        """The method's resolved hyper-parameters: its defaults < the keys it reads < ``method_params``.
+
+        Raises:
+            PluginError: unknown method (listing the valid ones).
+            ConfigError: unknown hyper-parameter (listing the valid ones).
+        """
+        from .method_api import resolve_method
+        from .plugins import get_method_spec
+
+        return resolve_method(get_method_spec(self.method), self, self.method_params)
+
+    def create_method(self):
+        """A new :class:`~fdalign_plugins.method_api.Method` for ``method`` with its resolved hyper-parameters."""
+        from .plugins import get_method_spec
+
+        return get_method_spec(self.method).factory(**self.method_hparams())
 
 
 def _positive(cfg, *names):
@@ -132,6 +154,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{name} must be a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(name, v, a) for v, a in zip(value, args))
     if origin in (dict, Dict, Mapping):
+        if isinstance(value, str):  # a flag: "k=v,k2=v2", each value read as YAML
+            value = _parse_pairs(name, value)
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be a mapping, got {value!r}")
         return dict(value)
@@ -163,6 +187,34 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{name} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+def _parse_pairs(name: str, text: str) -> Dict[str, Any]:
+    """``"a=0.5,grid=[0, 1]"`` -> ``{"a": 0.5, "grid": [0, 1]}`` (commas inside brackets kept)."""
+    out: Dict[str, Any] = {}
+    depth, cur, parts = 0, "", []
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        key, eq, val = part.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"{name} must look like key=value,key2=value2; got {text!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(val.strip()) if val.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"{name}: cannot read the value of {key.strip()!r} in {text!r}") from None
+    return out
 
 
 def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:

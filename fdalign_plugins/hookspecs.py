@@ -9,8 +9,9 @@ Plugins implement these with the one marker the package exports::
         register(MyAdapter.spec())
 
 and are found through setuptools entry points (group ``fdalign.adapters`` for
-adapters, ``fdalign.datasets`` for datasets; see ``docs/plugins.md``). The built-in
-adapters and datasets go through exactly the same hooks.
+adapters, ``fdalign.datasets`` for datasets, ``fdalign.methods`` for encoder
+fine-tuning methods; see ``docs/plugins.md``). The built-in adapters, datasets and
+methods go through exactly the same hooks.
 
 Compatibility rule: hook arguments are only ever added, never renamed or removed, and
 an implementation may accept any subset of a hook's arguments (pluggy passes only the
@@ -25,6 +26,7 @@ import pluggy
 
 if TYPE_CHECKING:  # imported for annotations only; no import cycle at run time
     from .adapter_api import AdapterSpec, DatasetSpec
+    from .method_api import MethodSpec
 
 #: Marker for the hook specifications below (project name ``"fdalign"``).
 hookspec = pluggy.HookspecMarker("fdalign")
@@ -67,6 +69,28 @@ def fdalign_register_datasets(register: "Callable[[DatasetSpec], None]") -> None
             :class:`fdalign_plugins.datasets.base.FewShotDataset`. Names must be unique
             across all installed plugins; the name is also the key adapters use for
             their per-dataset hyper-parameter defaults.
+
+    Returns:
+        Nothing; the return value is ignored.
+    """
+
+
+@hookspec
+def fdalign_register_methods(register: "Callable[[MethodSpec], None]") -> None:
+    """Register the encoder fine-tuning methods this plugin provides.
+
+    Called once per plugin manager, the first time its method registry is needed
+    (listing methods, resolving ``--method``), after every plugin has been loaded; each
+    plugin's implementation on its own (see :func:`fdalign_register_adapters`).
+
+    Args:
+        register: call ``register(spec)`` once per method, with a
+            :class:`fdalign_plugins.method_api.MethodSpec` (usually
+            ``MyMethod.spec()`` for a :class:`fdalign_plugins.method_api.Method`
+            subclass): name, one-line summary, hyper-parameters with defaults, and a
+            factory whose method gives the per-batch loss and optional setup and
+            finishing steps. Names must be unique across all installed plugins and
+            must not end in ``+wise`` (that suffix composes any method with WiSE-FT).
 
     Returns:
         Nothing; the return value is ignored.

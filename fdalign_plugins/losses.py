@@ -57,3 +57,18 @@ def total_loss(l_class: torch.Tensor, l_spurious: torch.Tensor, alpha: float = 1
     if beta == 0:
         return alpha * l_class
     return alpha * l_class + beta * l_spurious
+
+
+def energy_gap(feats_ft: torch.Tensor, feats_0: torch.Tensor, text_feats: torch.Tensor, tau: float) -> torch.Tensor:
+    """Lipsum-FT's regulariser: ``1/(2M) Σ_m (τ·cos(f_ft, t_m) − τ·cos(f_0, t_m))²``, mean over the batch.
+
+    The image–text energies of the fine-tuned and the frozen encoder on the same image
+    against ``M`` text features ``t_m`` (Nam et al., ICLR 2024).
+
+    Args:
+        feats_ft: ``[B, D]`` fine-tuned image features.
+        feats_0: ``[B, D]`` frozen image features of the same images.
+        text_feats: ``[M, D]`` L2-normalised text features.
+    """
+    gap = cosine_logits(feats_ft, text_feats, tau) - cosine_logits(feats_0, text_feats, tau)  # [B, M]
+    return gap.pow(2).sum(-1).div(2 * text_feats.shape[0]).mean()

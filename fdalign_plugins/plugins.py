@@ -4,14 +4,14 @@
 
 1. adds the hook specifications of :mod:`fdalign_plugins.hookspecs`;
 2. registers the core modules in :data:`BUILTIN_PLUGIN_MODULES`;
-3. loads the entry-point groups ``fdalign.adapters`` and ``fdalign.datasets`` one
-   entry point at a time, so a plugin that fails to import is recorded in
+3. loads the entry-point groups ``fdalign.adapters``, ``fdalign.datasets`` and
+   ``fdalign.methods`` one entry point at a time, so a plugin that fails to import is recorded in
    ``manager.broken`` as ``(name, distribution, error)`` and the others still load;
    the built-in adapters come in this way too, from this package's own setup.cfg;
 4. calls ``check_pending()`` (a plugin implementing an unknown hook is unregistered and
    reported as broken, not fatal).
 
-The adapter and dataset registries are collected on first use and cached per manager
+The adapter, dataset and method registries are collected on first use and cached per manager
 (:meth:`FDAlignPluginManager.reset_registry` drops the cache). Set
 ``FDALIGN_NO_EXTERNAL_PLUGINS=1`` to load only entry points of the ``fdalign-plugins``
 distribution itself, e.g. to rule out a third-party plugin while debugging.
@@ -35,6 +35,7 @@ import pluggy
 from . import hookspecs
 from .adapter_api import Adapter, AdapterSpec, DatasetSpec
 from .errors import PluginError
+from .method_api import WISE_SUFFIX, MethodSpec, with_wise
 
 __all__ = [
     "ADAPTER_GROUP",
@@ -50,6 +51,8 @@ __all__ = [
     "format_listing",
     "get_adapter_spec",
     "get_dataset_spec",
+    "get_method_spec",
+    "list_methods",
     "get_plugin_manager",
     "list_adapters",
     "list_datasets",
@@ -60,7 +63,8 @@ PROJECT_NAME = "fdalign"
 OWN_DISTRIBUTION = "fdalign-plugins"
 ADAPTER_GROUP = "fdalign.adapters"
 DATASET_GROUP = "fdalign.datasets"
-ENTRY_POINT_GROUPS: Tuple[str, ...] = (ADAPTER_GROUP, DATASET_GROUP)
+METHOD_GROUP = "fdalign.methods"
+ENTRY_POINT_GROUPS: Tuple[str, ...] = (ADAPTER_GROUP, DATASET_GROUP, METHOD_GROUP)
 NO_EXTERNAL_ENV = "FDALIGN_NO_EXTERNAL_PLUGINS"
 
 #: Core modules registered as plugins by the factory (their distribution is ours). A
@@ -103,6 +107,7 @@ class _Clash(Exception):
 class _Registry(NamedTuple):
     adapters: Dict[str, AdapterSpec]
     datasets: Dict[str, DatasetSpec]
+    methods: Dict[str, MethodSpec]
 
 
 class FDAlignPluginManager(pluggy.PluginManager):
@@ -252,7 +257,7 @@ class FDAlignPluginManager(pluggy.PluginManager):
         return dict(sorted(found.items()))
 
     def registry(self) -> _Registry:
-        """The adapter and dataset registries, collected once and cached.
+        """The adapter, dataset and method registries, collected once and cached.
 
         A plugin that registers a name an earlier plugin (built-ins first) already took
         is disabled as a whole and listed under broken plugins with both distributions;
@@ -262,11 +267,12 @@ class FDAlignPluginManager(pluggy.PluginManager):
             try:
                 adapters = self._collect("fdalign_register_adapters", AdapterSpec, "adapter")
                 datasets = self._collect("fdalign_register_datasets", DatasetSpec, "dataset")
+                methods = self._collect("fdalign_register_methods", MethodSpec, "method")
             except _Clash as clash:
                 self.broken.append(clash.broken)
                 self.unregister(clash.plugin)
                 continue
-            self._registry = _Registry(adapters, datasets)
+            self._registry = _Registry(adapters, datasets, methods)
         return self._registry
 
     def list_adapters(self) -> List[AdapterSpec]:
@@ -299,6 +305,24 @@ class FDAlignPluginManager(pluggy.PluginManager):
             raise PluginError(f"unknown dataset '{name}'; valid: {', '.join(datasets) or '(none installed)'}")
         return datasets[name]
 
+    def list_methods(self) -> List[MethodSpec]:
+        """Every registered fine-tuning method, sorted by name."""
+        return list(self.registry().methods.values())
+
+    def get_method_spec(self, name: str) -> MethodSpec:
+        """The spec of method ``name``; ``<method>+wise`` is ``<method>`` with WiSE-FT's
+        finishing step appended.
+
+        Raises:
+            PluginError: unknown name; the message lists the valid ones.
+        """
+        methods = self.registry().methods
+        base = name[: -len(WISE_SUFFIX)] if name.endswith(WISE_SUFFIX) else name
+        if base not in methods:
+            valid = ", ".join(methods) or "(none installed)"
+            raise PluginError(f"unknown method '{name}'; valid: {valid} (and any of them followed by {WISE_SUFFIX})")
+        return with_wise(methods[base]) if base != name else methods[base]
+
     def create_adapter(self, name: str, **hparams: Any) -> Adapter:
         """A new adapter ``name`` with explicit hyper-parameters ``hparams``."""
         return self.get_adapter_spec(name).factory(**hparams)
@@ -310,9 +334,10 @@ class FDAlignPluginManager(pluggy.PluginManager):
         return list(self.broken)
 
     def format_listing(self) -> str:
-        """The text of ``fdalign-bench --list``: adapters, datasets, broken plugins."""
+        """The text of ``fdalign-bench --list``: adapters, datasets, methods, broken plugins."""
         adapters = self.list_adapters()
         datasets = self.list_datasets()
+        methods = self.list_methods()
         broken = self.broken_plugins()
         lines = ["Adapters:"]
         if adapters:
@@ -330,6 +355,7 @@ class FDAlignPluginManager(pluggy.PluginManager):
                 lines.append(f"  {d.name:<{width}}  {d.summary}  [{d.distribution}]")
         else:
             lines.append("  (none)")
+        lines.extend(self.format_methods(methods))
         if broken:
             lines.append("Broken plugins:")
             for b in broken:
@@ -337,6 +363,23 @@ class FDAlignPluginManager(pluggy.PluginManager):
         if not self.load_external:
             lines.append(f"(external plugins skipped: {NO_EXTERNAL_ENV} is set)")
         return "\n".join(lines)
+
+
+    def format_methods(self, methods: Optional[List[MethodSpec]] = None) -> List[str]:
+        """The ``Methods:`` section of a listing (name, summary, hyper-parameters, distribution)."""
+        methods = self.list_methods() if methods is None else methods
+        lines = ["Fine-tuning methods (--method; any of them + wise adds WiSE-FT's weight interpolation):"]
+        width = max((len(m.name) for m in methods), default=0)
+        for m in methods:
+            lines.append(f"  {m.name:<{width}}  {m.summary}  [{m.distribution}]")
+            params = [f"{k}={v!r}" for k, v in m.defaults.items()]
+            if m.reads:
+                params.append(f"and the fine-tuning config's {', '.join(m.reads)}")
+            if params:
+                lines.append(f"  {'':<{width}}    hyper-parameters: {', '.join(params)}")
+        if not methods:
+            lines.append("  (none)")
+        return lines
 
 
 def get_plugin_manager(load_external: Optional[bool] = None) -> FDAlignPluginManager:
@@ -398,6 +441,20 @@ def create_adapter(name: str, **hparams: Any) -> Adapter:
         FDAlignError: unknown hyper-parameter name (the message lists the valid ones).
     """
     return _manager().create_adapter(name, **hparams)
+
+
+def list_methods() -> List[MethodSpec]:
+    """Every registered fine-tuning method (built-in and third-party), sorted by name."""
+    return _manager().list_methods()
+
+
+def get_method_spec(name: str) -> MethodSpec:
+    """The spec of method ``name`` (``<method>+wise`` composes WiSE-FT's finishing step).
+
+    Raises:
+        PluginError: unknown name, listing the valid ones.
+    """
+    return _manager().get_method_spec(name)
 
 
 def list_datasets() -> List[DatasetSpec]:

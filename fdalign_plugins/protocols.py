@@ -2,10 +2,11 @@
 evaluation with cosine prototypes of support features on novel classes / other datasets.
 
 * Fine-tuning: each step draws an episode from the base-class pool (``n_way`` classes,
-  ``train_shot`` support + ``query`` query images each); the class loss is cross-entropy
-  of ``τ·cos(query, prototype)`` with prototypes the normalised mean support features;
-  the spurious KL (SPEC §1, over the base classes' spurious prototypes after SPC) is
-  computed on every image of the episode against the frozen encoder.
+  ``train_shot`` support + ``query`` query images each); the class logits are
+  ``τ·cos(query, prototype)`` with prototypes the normalised mean support features; the
+  method's other terms (FD-Align's spurious KL over the base classes' spurious
+  prototypes after SPC) are computed on every image of the episode against the frozen
+  encoder. Selection, resume, loss guard, optimizer and schedule: the training spine.
 * Evaluation: features of the whole evaluation pool are extracted once (cached);
   ``episodes`` episodes per repeat, ``repeats`` repeats; reported as the mean over repeats
   ± 1.96 · std over the repeats' means.
@@ -14,7 +15,6 @@ evaluation with cosine prototypes of support features on novel classes / other d
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,19 +22,22 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .checkpoint import WEIGHTS_NAME, atomic_torch_save, load_encoder_into, save_encoder
+from .checkpoint import WEIGHTS_NAME, load_encoder_into, save_encoder
 from .config import FinetuneConfig, build_config, to_dict
 from .datasets.base import ImageSplit
-from .distributed import is_main
 from .datasets.episodic import EpisodeSampler, episode_labels
-from .errors import CheckpointError, ConfigError, TrainingError
-from .losses import cosine_logits, spurious_kl, total_loss
+from .distributed import is_main
+from .errors import ConfigError
+from .losses import cosine_logits
+from .method_api import BatchOutputs, FinishContext, MethodContext, jsonable_hparams
 from .models import ClipBundle, state_fingerprint
 from .prompts import normalise
-from .trainer import build_optimizer, cosine_lambda, epoch_seed, resolve_device, set_train_mode, text_prototypes
+from .spine import (
+    BestState, OptimizerSettings, check_finite, clip_gradients, load_or_refuse, make_optimizer, make_schedule,
+    restore_state, save_state, selection_status, status_line,
+)
+from .trainer import TextPrototypes, encode_images, epoch_seed, resolve_device, set_train_mode, text_prototypes
 
 STATE_NAME = "episodic_state.pt"
 
@@ -114,99 +117,115 @@ def _episode_batch(split: ImageSplit, idx: np.ndarray, transform: Callable, seed
 
 def episodic_finetune(bundle: ClipBundle, pool: ImageSplit, classnames: Sequence[str], cfg: FinetuneConfig,
                       ecfg: EpisodicConfig, val: Optional[ImageSplit] = None, out_dir: Optional[Path] = None,
-                      log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Episodic FD-Align fine-tuning of ``bundle.model.visual`` on the base-class pool.
+                      log: Callable[[str], None] = print, stop_after_epoch: Optional[int] = None) -> Dict[str, Any]:
+    """Episodic fine-tuning of ``bundle.model.visual`` on the base-class pool with ``cfg.method``.
 
-    Saves its state after every epoch (``out_dir/episodic_state.pt``) and resumes from
-    it; writes ``encoder.safetensors`` + sidecar at the end. Returns the sidecar.
+    Each step's class logits are the query images' prototype logits; the method's other
+    terms (FD-Align's spurious KL) see every image of the episode. Best-epoch keeping
+    (epoch 0 included), the resumable state (``out_dir/episodic_state.pt``) and its
+    config rule, the loss guard, optimizer and schedule are the spine's
+    (:mod:`fdalign_plugins.spine`), as in :func:`fdalign_plugins.trainer.finetune`.
+    Writes ``encoder.safetensors`` + sidecar at the end. Returns the sidecar.
+
+    Raises:
+        ConfigError: a method that needs a linear head (episodes have no fixed classes).
     """
     device = resolve_device(cfg.device)
     model = bundle.model.to(device).eval()
     tau = bundle.logit_scale
     protos = text_prototypes(bundle, classnames, cfg)
-    spur = protos.spur_protos.to(device)
+    protos = TextPrototypes(protos.class_protos.to(device), protos.spur_protos.to(device), protos.templates, protos.spc)
+    method = cfg.create_method()
+    if method.needs_head or cfg.head != "fixed":
+        raise ConfigError(f"episodic fine-tuning has no fixed class set for a linear head; method {cfg.method} with "
+                          f"head {cfg.head} cannot run episodically (use head: fixed and a method without a head)")
     visual = model.visual
-    frozen = copy.deepcopy(visual).eval().requires_grad_(False) if cfg.beta > 0 else None
+    frozen = copy.deepcopy(visual).eval().requires_grad_(False) if method.uses_frozen() else None
     for p in model.parameters():
         p.requires_grad_(False)
     visual.requires_grad_(True)
+    modules = {"visual": visual}
     params = list(visual.parameters())
-    opt = build_optimizer(params, cfg)
-    total = cfg.epochs * ecfg.train_episodes
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total, cfg.warmup_iters))
+    opt = make_optimizer(params, OptimizerSettings.of(cfg))
+    sched = make_schedule(opt, cfg.epochs * ecfg.train_episodes, cfg.warmup_iters)
     sampler = EpisodeSampler(pool.labels, ecfg.n_way, ecfg.train_shot, ecfg.train_query, short=ecfg.short)
     y = torch.as_tensor(episode_labels(ecfg.n_way, ecfg.train_query)).to(device)
     tf = bundle.train_transform(scale=cfg.aug_scale)
     cfg_dict = {"finetune": to_dict(cfg), "episodic": to_dict(ecfg)}
-    val_eval = None
-    if val is not None and len(val) and ecfg.val_episodes:
-        from .trainer import encode_images
+    def episodes_val() -> float:
+        f = encode_images(visual, val, bundle.eval_transform, device=device)
+        return evaluate_episodes(f, val.labels, ecfg.n_way, ecfg.train_shot, ecfg.query, ecfg.val_episodes, 1,
+                                 cfg.seed, short=ecfg.short)[0]
 
-        def val_eval() -> float:
-            f = encode_images(visual, val, bundle.eval_transform, device=device)
-            return evaluate_episodes(f, val.labels, ecfg.n_way, ecfg.train_shot, ecfg.query, ecfg.val_episodes, 1,
-                                     cfg.seed, short=ecfg.short)[0]
+    val_eval = episodes_val if val is not None and len(val) and ecfg.val_episodes else None
 
-    history: List[Dict[str, Any]] = []
-    best: Dict[str, Any] = {"epoch": 0, "acc": -1.0, "visual": None}
-    start = 1
+    stock = {"visual": {k: v.detach().clone() for k, v in visual.state_dict().items()}} if method.needs_stock() else {}
+    method.setup(MethodContext(model=model, tokenizer=bundle.tokenizer, protos=protos, tau=tau, head=None,
+                               support_features=lambda: (encode_images(visual, pool, bundle.eval_transform,
+                                                                       device=device),
+                                                         torch.as_tensor(pool.labels)),
+                               val_features=None, seed=cfg.seed, log=log))
+    best = BestState(modules, cfg.select)
     state_path = Path(out_dir) / STATE_NAME if out_dir else None
-    if state_path is not None and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        if state.get("config") != cfg_dict:
-            raise CheckpointError(f"training state {state_path} was made with another config; use a new output folder")
-        visual.load_state_dict(state["visual"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, best, start = list(state["history"]), state["best"], int(state["epoch"]) + 1
+    state = load_or_refuse(state_path, cfg_dict)
+    if state is not None:
+        history, start = restore_state(state, modules=modules, optimizer=opt, scheduler=sched, best=best)
         log(f"resuming episodic fine-tuning after epoch {start - 1}")
+    else:
+        history, start = [], 1
+        acc0 = val_eval() if val_eval else float("nan")
+        best.offer(0, acc0)  # the encoder as given is a candidate, as in standard fine-tuning
+        if val_eval:
+            log(f"episodic epoch 0 (before fine-tuning)  val {acc0:.2f}%")
     t_start = time.time()
     for epoch in range(start, cfg.epochs + 1):
         set_train_mode(visual, cfg.freeze_bn)
         rng = np.random.default_rng(epoch_seed(cfg.seed, epoch))
-        sums = {"class": 0.0, "spurious": 0.0}
+        sums: Dict[str, float] = {}
         for step in range(ecfg.train_episodes):
             s_idx, q_idx, _ = sampler.sample(rng)
             x = _episode_batch(pool, np.concatenate([s_idx, q_idx]), tf, epoch_seed(cfg.seed, epoch) + step).to(device)
             feats = visual(x)  # [n_way * (shot + query), D]
-            n_s = len(s_idx)
-            l_class = F.cross_entropy(prototype_logits(feats[:n_s], ecfg.n_way, ecfg.train_shot, feats[n_s:], tau), y)
+            feats0 = None
             if frozen is not None:
                 with torch.no_grad():
                     feats0 = frozen(x)
-                l_spur = spurious_kl(feats, feats0, spur, tau, cfg.kl_direction)
-            else:
-                l_spur = torch.zeros((), device=device)
-            loss = total_loss(l_class, l_spur, cfg.alpha, cfg.beta)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, episode {step + 1}; lower the learning "
-                                    "rate (lr) or set grad_clip")
+            n_s = len(s_idx)
+            logits = prototype_logits(feats[:n_s], ecfg.n_way, ecfg.train_shot, feats[n_s:], tau)  # [Q, n_way]
+            losses = method.loss(BatchOutputs(feats, feats0, logits, y, protos, tau,
+                                              step_seed=epoch_seed(cfg.seed, epoch) + step))
+            check_finite(float(losses["total"].detach()), f"epoch {epoch}, episode {step + 1}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            losses["total"].backward()
+            clip_gradients(params, cfg.grad_clip)
             opt.step()
             sched.step()
-            sums["class"] += float(l_class.detach())
-            sums["spurious"] += float(l_spur.detach())
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
         acc = val_eval() if val_eval else float("nan")
-        rec = {"epoch": epoch, "l_class": sums["class"] / ecfg.train_episodes,
-               "l_spurious": sums["spurious"] / ecfg.train_episodes, "val_acc": acc}
+        rec = {"epoch": epoch, **{("loss" if k == "total" else f"l_{k}"): v / ecfg.train_episodes
+                                  for k, v in sums.items()}, "val_acc": acc}
         history.append(rec)
-        if val_eval is None or acc > best["acc"]:
-            best = {"epoch": epoch, "acc": acc if val_eval else -1.0,
-                    "visual": {k: v.detach().clone() for k, v in visual.state_dict().items()}}
-        log(f"episodic epoch {epoch}/{cfg.epochs}  L_class {rec['l_class']:.4f}  "
-            f"L_spurious {max(0.0, rec['l_spurious']):.4f}  val {acc:.2f}%")
+        kept = best.offer(epoch, acc)
+        terms = "  ".join(f"L_{k} {max(0.0, v / ecfg.train_episodes):.4f}" for k, v in sums.items() if k != "total")
+        log(f"episodic epoch {epoch}/{cfg.epochs}  {terms}  val {acc:.2f}%{'  *' if kept and val_eval else ''}")
         if state_path is not None:
-            atomic_torch_save({"epoch": epoch, "visual": visual.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "history": history, "best": best,
-                               "config": cfg_dict}, state_path)
-    if best["visual"] is not None:
-        visual.load_state_dict(best["visual"])
+            save_state(state_path, epoch=epoch, modules=modules, optimizer=opt, scheduler=sched, best=best,
+                       history=history, config=cfg_dict)
+        if stop_after_epoch is not None and stop_after_epoch <= epoch < cfg.epochs:
+            raise KeyboardInterrupt(f"stopped after epoch {epoch} (stop_after_epoch)")
+    best.restore()
+    finished = method.finish(FinishContext(modules=modules, stock=stock, val_accuracy=val_eval, log=log))
     visual.eval().requires_grad_(False)
+    verdict = selection_status(history, best.epoch, best.initial, ecfg.n_way)
+    line = status_line(verdict)
+    if line:
+        log(line)
     meta = {"model": bundle.model_name, "pretrained": bundle.pretrained, "dataset": cfg.dataset, "protocol": "episodic",
-            "seed": cfg.seed, "config": cfg_dict, "history": history, "best_epoch": best["epoch"],
+            "seed": cfg.seed, "config": cfg_dict, "method": cfg.method,
+            "method_params": jsonable_hparams(cfg.method_hparams()), "history": history, "best_epoch": best.epoch,
+            "best_val_acc": best.score if val_eval else None, "val_acc_epoch0": best.initial if val_eval else None,
+            "selection": verdict["status"], "selection_reason": verdict["reason"], "finish": finished,
             "encoder_fingerprint": state_fingerprint(visual), "train_seconds": time.time() - t_start,
             "spc": None if protos.spc is None else {"kept_indices": protos.spc.kept}}
     if out_dir is not None:

@@ -1,8 +1,11 @@
 """Tables and plots rendered from result records (never recomputed).
 
 One table per (dataset, evaluation set): rows ``Adapter`` / ``Adapter + FD-Align`` (and
-``Adapter + FT`` for plain fine-tuning), a ``Δ FD-Align`` row, one column per shot
-count; cells are the mean over seeds, with ``± std`` when several seeds ran.
+``Adapter + FT`` for plain fine-tuning, ``Adapter + <method>`` for every other
+fine-tuning method), a ``Δ`` row against the stock encoder after each method's row, one
+column per shot count; cells are the mean over seeds, with ``± std`` when several seeds
+ran. A fine-tuned encoder that validation rejected (the stock encoder was kept) or whose
+training collapsed marks its cells (:data:`MARKS`), explained by a legend line.
 """
 
 from __future__ import annotations
@@ -24,11 +27,17 @@ SELECTION_MEANING = {"val": "few-shot validation split", "fixed": "nothing chose
 ENCODER_SUFFIX = {"clip": "", "fdalign": " + FD-Align", "finetune": " + FT"}
 ZERO_SHOT_ROWS = {"clip": "CLIP (zero-shot)", "fdalign": "FD-Align", "finetune": "Full fine-tuning"}
 ENCODER_ORDER = ["clip", "fdalign", "finetune"]
+#: Cell marks of the fine-tuning verdicts (``selection`` in the records), with their legend.
+MARKS = {"rejected": "†", "collapsed": "‡"}
+LEGEND = ("† validation rejected fine-tuning (no epoch beat the stock encoder, which was kept: Δ = 0 is not a result); "
+          "‡ fine-tuning collapsed (validation far below the stock encoder, or class loss above log C); "
+          "a number after the mark counts the seeds concerned")
 
 
 def row_label(adapter: str, encoder: str) -> str:
+    """``Tip-F + FD-Align``; the zero-shot rows name the encoder (a method's name for other methods)."""
     if adapter == "zero-shot":
-        return ZERO_SHOT_ROWS.get(encoder, f"Zero-shot + {encoder}")
+        return ZERO_SHOT_ROWS.get(encoder, encoder)
     return ADAPTER_LABELS.get(adapter, adapter) + ENCODER_SUFFIX.get(encoder, f" + {encoder}")
 
 
@@ -46,14 +55,20 @@ def summarise(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Dict[s
     ``cells[(adapter, encoder, shots)] = (mean, std, n_seeds)``.
     """
     groups: Dict[Tuple[str, str, str, str, int], List[float]] = defaultdict(list)
+    flags: Dict[Tuple[str, str, str, int], Dict[str, int]] = defaultdict(lambda: defaultdict(int))
     evals: Dict[str, List[str]] = defaultdict(list)
     adapters: Dict[str, List[str]] = defaultdict(list)
     failed: Dict[Tuple[str, str, str, int], int] = defaultdict(int)  # (ds, adapter, encoder, shots) -> records
     selection: Dict[str, Dict[str, List[str]]] = defaultdict(dict)
+    encoders: List[str] = list(ENCODER_ORDER)
     for r in records:
         ds = r["dataset"]
         if r["adapter"] not in adapters[ds]:
             adapters[ds].append(r["adapter"])
+        if r["encoder"] not in encoders:
+            encoders.append(r["encoder"])
+        if r.get("selection") in MARKS:
+            flags[(ds, r["adapter"], r["encoder"], int(r["shots"]))][r["selection"]] += 1
         if r.get("error") or not r.get("acc"):  # a plugin that raised: a marked cell, never a missing one
             failed[(ds, r["adapter"], r["encoder"], int(r["shots"]))] += 1
             continue
@@ -84,9 +99,9 @@ def summarise(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Dict[s
             for a, enc, k in fails:
                 shots.add(k)
                 present.add((a, enc))
-            encs = ENCODER_ORDER + sorted({enc for _, enc in present} - set(ENCODER_ORDER))
-            rows = [(row_label(a, enc), a, enc) for a in ad_order for enc in encs if (a, enc) in present]
-            tables[(ds, ev)] = {"shots": sorted(shots), "rows": rows, "cells": cells, "failed": fails,
+            rows = [(row_label(a, enc), a, enc) for a in ad_order for enc in encoders if (a, enc) in present]
+            marks = {(a, enc, k): dict(f) for (d, a, enc, k), f in flags.items() if d == ds}
+            tables[(ds, ev)] = {"shots": sorted(shots), "rows": rows, "cells": cells, "failed": fails, "marks": marks,
                                 "selection": {a: selection[ds][a] for a in ad_order if a in selection[ds]}}
     return tables
 
@@ -109,19 +124,30 @@ def _failures_note(t: Dict[str, Any]) -> str:
     return FAILED_NOTE if t.get("failed") else ""
 
 
+def _mark(t: Dict[str, Any], key: Tuple[str, str, int]) -> str:
+    """The verdict marks of one cell: ``†`` / ``‡``, with the seed count when several seeds ran."""
+    got = t.get("marks", {}).get(key, {})
+    n_seeds = (t["cells"].get(key) or (0, 0, 0))[2]
+    return "".join(f" {sym}{got[s] if n_seeds > 1 else ''}" for s, sym in MARKS.items() if got.get(s))
+
+
+def _has_marks(t: Dict[str, Any]) -> bool:
+    return any(t.get("marks", {}).get((a, enc, k)) for _, a, enc in t["rows"] for k in t["shots"])
+
+
 def _table_rows(t: Dict[str, Any]) -> List[List[str]]:
     out = []
-    adapters_done = []
+    present = {(x[1], x[2]) for x in t["rows"]}
     fails = t.get("failed", {})
     for label, a, enc in t["rows"]:
-        out.append([label] + [_fmt(t["cells"].get((a, enc, k)), fails.get((a, enc, k), 0)) for k in t["shots"]])
-        if enc == "fdalign" and (a, "clip") in {(x[1], x[2]) for x in t["rows"]} and a not in adapters_done:
-            adapters_done.append(a)
+        out.append([label] + [_fmt(t["cells"].get((a, enc, k)), fails.get((a, enc, k), 0)) + _mark(t, (a, enc, k))
+                              for k in t["shots"]])
+        if enc not in ("clip", "finetune") and (a, "clip") in present:  # every method: Δ vs the stock encoder
             diff = []
             for k in t["shots"]:
-                b, f = t["cells"].get((a, "clip", k)), t["cells"].get((a, "fdalign", k))
-                diff.append(f"{f[0] - b[0]:+.2f}" if b and f and b[2] and f[2] else "–")
-            out.append([f"  Δ FD-Align"] + diff)
+                b, f = t["cells"].get((a, "clip", k)), t["cells"].get((a, enc, k))
+                diff.append(f"{f[0] - b[0]:+.2f}{_mark(t, (a, enc, k))}" if b and f and b[2] and f[2] else "–")
+            out.append([f"  Δ {'FD-Align' if enc == 'fdalign' else enc}"] + diff)
     return out
 
 
@@ -151,6 +177,8 @@ def render_text(tables, header: str = "") -> str:
             lines.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
         if _failures_note(t):
             lines.append(_failures_note(t))
+        if _has_marks(t):
+            lines.append(LEGEND)
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -167,6 +195,8 @@ def render_markdown(tables, header: str = "") -> str:
             lines.append("| " + " | ".join(c.strip() for c in r) + " |")
         if _failures_note(t):
             lines += ["", _failures_note(t)]
+        if _has_marks(t):
+            lines += ["", LEGEND]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
@@ -176,17 +206,19 @@ def render_csv(tables) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["dataset", "eval_set", "method", "adapter", "encoder", "shots", "mean", "std", "n_seeds", "n_failed",
-                "selection"])
+                "selection", "rejected", "collapsed"])
     for (ds, ev), t in tables.items():
         for label, a, enc in t["rows"]:
             for k in t["shots"]:
                 c = t["cells"].get((a, enc, k))
                 nf = t.get("failed", {}).get((a, enc, k), 0)
                 policy = "/".join(t.get("selection", {}).get(a, []))
+                f = t.get("marks", {}).get((a, enc, k), {})
+                verdicts = [f.get("rejected", 0), f.get("collapsed", 0)]
                 if c and c[2]:
-                    w.writerow([ds, ev, label, a, enc, k, f"{c[0]:.4f}", f"{c[1]:.4f}", c[2], nf, policy])
+                    w.writerow([ds, ev, label, a, enc, k, f"{c[0]:.4f}", f"{c[1]:.4f}", c[2], nf, policy] + verdicts)
                 elif nf:
-                    w.writerow([ds, ev, label, a, enc, k, "", "", 0, nf, policy])
+                    w.writerow([ds, ev, label, a, enc, k, "", "", 0, nf, policy] + verdicts)
     return buf.getvalue()
 
 
@@ -217,9 +249,10 @@ def render_plot(tables, path: Path, title: str = "") -> Optional[Path]:
         for _, a, _ in t["rows"]:
             if a not in adapters:
                 adapters.append(a)
+        encs = list(dict.fromkeys(enc for _, _, enc in t["rows"]))
         for i, a in enumerate(adapters):
             dodge = 2 ** (0.04 * (i - (len(adapters) - 1) / 2))  # multiplicative: the x axis is log2
-            for enc, (style, marker) in styles.items():
+            for enc, (style, marker) in ((e, styles.get(e, ("-.", "d"))) for e in encs):
                 pts = [(k * dodge, t["cells"][(a, enc, k)][0]) for k in t["shots"]
                        if (a, enc, k) in t["cells"] and t["cells"][(a, enc, k)][2]]
                 if pts:

@@ -52,6 +52,13 @@ ENCODER_CLIP = "clip"
 ENCODER_FDALIGN = "fdalign"
 ENCODER_FINETUNE = "finetune"
 ENCODERS = (ENCODER_CLIP, ENCODER_FDALIGN, ENCODER_FINETUNE)
+#: The default fine-tuning method; its encoder keeps the label ``fdalign`` in records and tables.
+DEFAULT_METHOD = "fd-align"
+
+
+def method_label(method: str) -> str:
+    """The encoder label of a fine-tuning method in records and tables (``fd-align`` -> ``fdalign``)."""
+    return ENCODER_FDALIGN if method == DEFAULT_METHOD else method
 
 
 @dataclass
@@ -69,6 +76,8 @@ class BenchConfig:
     encoder: Optional[str] = None
     encoders: List[str] = field(default_factory=lambda: [ENCODER_CLIP, ENCODER_FDALIGN])
     baselines: bool = False
+    methods: List[str] = field(default_factory=lambda: [DEFAULT_METHOD])
+    method_params: Dict[str, Any] = field(default_factory=dict)
     views: int = 10
     view_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
     finetune: Dict[str, Any] = field(default_factory=dict)
@@ -111,17 +120,35 @@ class BenchConfig:
             raise ConfigError(f"view_scale must be two numbers 0 < lo <= hi <= 1, got {self.view_scale}")
         from .preflight import check_adapter_params, check_dataset_source
 
-        # names, hyper-parameters and the fine-tuning section are checked (and typed, so a
-        # flag and the same YAML value are one config) now, before any model is loaded
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods must be a non-empty list of distinct method names, got {self.methods}")
+        if not isinstance(self.method_params, dict) or any(not isinstance(v, dict) for v in self.method_params.values()):
+            raise ConfigError("method_params must map method names to mappings of hyper-parameters")
+        stray = sorted(set(self.method_params) - set(self.methods))
+        if stray:
+            raise ConfigError(f"method_params names method(s) not in methods: {', '.join(stray)}; methods: "
+                              f"{', '.join(self.methods)}")
+        if "method" in (self.finetune or {}) or "method_params" in (self.finetune or {}):
+            raise ConfigError("choose fine-tuning methods with methods: / --methods and their hyper-parameters with "
+                              "method_params: {method: {...}}, not inside the finetune section")
+        if self.encoder and self.methods != [DEFAULT_METHOD]:
+            raise ConfigError("--encoder replaces fd-align's fine-tuning; it cannot stand for other methods "
+                              f"({', '.join(self.methods)}); drop --encoder or use --methods fd-align")
+        if self.mode == "episodic" and self.methods != [DEFAULT_METHOD]:
+            raise ConfigError("the episodic mode fine-tunes with fd-align only; drop --methods")
+        # names, hyper-parameters (every method's too) and the fine-tuning section are checked (and
+        # typed, so a flag and the same YAML value are one config) now, before any model is loaded
         resolve_adapters(self.adapters, self.protocol, log=lambda line: None)  # run() says what "all" leaves out
         self.adapter_params = check_adapter_params(self.adapter_params)
         check_dataset_source(self.dataset, self.data_root)
         self.finetune = coerce_layer(FinetuneConfig, self.finetune, source="finetune")
-        self.finetune_config(shots=self.shots[0], seed=self.seeds[0])
+        for m in self.methods:
+            self.finetune_config(shots=self.shots[0], seed=self.seeds[0], method=m)
         return self
 
-    def finetune_config(self, shots: int, seed: int, beta: Optional[float] = None) -> FinetuneConfig:
-        """The resolved FD-Align config of one work item."""
+    def finetune_config(self, shots: int, seed: int, beta: Optional[float] = None,
+                        method: str = DEFAULT_METHOD) -> FinetuneConfig:
+        """The resolved fine-tuning config of one work item for ``method``."""
         base = {"model": self.model, "pretrained": self.pretrained, "dataset": self.dataset,
                 "data_root": self.data_root, "device": self.device, "workers": self.workers}
         item = {"shots": shots, "seed": seed}
@@ -130,6 +157,7 @@ class BenchConfig:
             item.update(kl_direction="reference", head="linear")
         if beta is not None:
             item["beta"] = beta
+        item.update(method=method, method_params=self.method_params.get(method, {}))
         return build_config(FinetuneConfig, base, self.finetune, item, source="finetune")
 
 
@@ -183,6 +211,7 @@ class RunSummary:
     skipped: int = 0
     failed: int = 0
     finetuned: int = 0
+    flagged: List[str] = field(default_factory=list)  # fine-tuning runs validation rejected or that collapsed
     seconds: float = 0.0
     cache: Any = None
     out: Optional[Path] = None
@@ -230,27 +259,36 @@ class Runner:
         return self.store.encoder_dir(
             f"{tag}-{fcfg.shots}shot-seed{fcfg.seed}-{hashlib.sha256(key.encode()).hexdigest()[:10]}")
 
-    def _finetuned(self, ds: FewShotDataset, split, shots: int, seed: int, beta: Optional[float], tag: str) -> ClipBundle:
+    def _finetuned(self, ds: FewShotDataset, split, shots: int, seed: int, beta: Optional[float], tag: str,
+                   method: str = DEFAULT_METHOD) -> Tuple[ClipBundle, Dict[str, Any]]:
+        """A fine-tuned encoder (trained now, or reused from the store) and the record fields that describe it."""
         from .store import link_into, touch
 
-        fcfg = self.cfg.finetune_config(shots, seed, beta)
+        fcfg = self.cfg.finetune_config(shots, seed, beta, method)
         d = self._encoder_dir(fcfg, ds, split.support_indices, tag)
         bundle = load_clip(self.cfg.model, self.cfg.pretrained, device=self.device)
         # rank 0 alone takes the lock: under torchrun every rank must enter finetune() together
         with self.store.lock(d.name, log=self.log) if is_main() else contextlib.nullcontext():
             if (d / WEIGHTS_NAME).is_file():
-                load_encoder_into(bundle.model, d)
+                meta = load_encoder_into(bundle.model, d)
                 touch(d / WEIGHTS_NAME)
                 self.log(f"  reusing {tag} encoder {d}")
             else:
-                self.log(f"  fine-tuning {tag} encoder ({shots}-shot, seed {seed}, beta {fcfg.beta}) -> {d}")
-                finetune(bundle, split.support, ds.classnames, fcfg, val=split.val, out_dir=d, resume=True,
-                         progress=self.progress is True, log=lambda s: self.log("    " + s),
-                         extra_metadata={"support_indices": split.support_indices, "val_indices": split.val_indices})
+                self.log(f"  fine-tuning {tag} encoder with {method} ({shots}-shot, seed {seed}) -> {d}")
+                meta = finetune(bundle, split.support, ds.classnames, fcfg, val=split.val, out_dir=d, resume=True,
+                                progress=self.progress is True, log=lambda s: self.log("    " + s),
+                                extra_metadata={"support_indices": split.support_indices,
+                                                "val_indices": split.val_indices}).metadata
                 self.summary.finetuned += 1
         if is_main():
             link_into(self.out, d)
-        return bundle
+        status = meta.get("selection", "ok")
+        if status != "ok":
+            self.summary.flagged.append(f"{tag} {shots}-shot seed {seed}: {status} ({meta.get('selection_reason')})")
+        extra = {"encoder_source": "fine-tuned", "finetune": to_dict(fcfg), "method": method,
+                 "method_params": meta.get("method_params"), "selection": status,
+                 "selection_reason": meta.get("selection_reason", ""), "best_epoch": meta.get("best_epoch")}
+        return bundle, extra
 
     def _user_encoder(self) -> ClipBundle:
         bundle = load_clip(self.cfg.model, self.cfg.pretrained, device=self.device)
@@ -366,7 +404,10 @@ class Runner:
         results, cache = self.open_stores(results_name(self.shard))
         if is_main():
             (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
-        encoders = list(dict.fromkeys(cfg.encoders + ([ENCODER_FINETUNE] if cfg.baselines else [])))
+        self._methods = methods = {method_label(m): m for m in cfg.methods}  # encoder label -> method
+        encoders: List[str] = []
+        for e in dict.fromkeys(cfg.encoders + ([ENCODER_FINETUNE] if cfg.baselines else [])):
+            encoders.extend(methods if e == ENCODER_FDALIGN else [e])
         stock = None
         classifier = None
         mine = set(work_items(cfg, encoders, self.shard))
@@ -403,8 +444,8 @@ class Runner:
                         bundle, extra = self._user_encoder(), {"encoder_source": str(cfg.encoder)}
                     else:
                         beta = 0.0 if enc == ENCODER_FINETUNE else None
-                        bundle = self._finetuned(ds, split, shots, seed, beta, enc)
-                        extra = {"encoder_source": "fine-tuned", "finetune": to_dict(cfg.finetune_config(shots, seed, beta))}
+                        bundle, extra = self._finetuned(ds, split, shots, seed, beta, enc,
+                                                        methods.get(enc, DEFAULT_METHOD))
                     feats = self._features(cache, bundle, ds, split, self._ood, seed, enc)
                     for a in pending:
                         self._record(results, ds, a, enc, shots, seed, feats, classifier, split, extra)
@@ -433,7 +474,8 @@ def _plan(runner: "Runner", ds: FewShotDataset, adapters: List[str], encoders: L
                 if enc != ENCODER_CLIP and not (enc == ENCODER_FDALIGN and cfg.encoder):
                     split = few_shot_split(ds, shots, seed)
                     beta = 0.0 if enc == ENCODER_FINETUNE else None
-                    d = runner._encoder_dir(cfg.finetune_config(shots, seed, beta), ds, split.support_indices, enc)
+                    fcfg = cfg.finetune_config(shots, seed, beta, runner._methods.get(enc, DEFAULT_METHOD))
+                    d = runner._encoder_dir(fcfg, ds, split.support_indices, enc)
                     plan["in_store" if (d / WEIGHTS_NAME).is_file() else "finetune"] += 1
     return plan
 

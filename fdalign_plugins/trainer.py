@@ -1,9 +1,13 @@
-"""The FD-Align fine-tuner: trains CLIP's image encoder (SPEC §1).
+"""The fine-tuner: trains CLIP's image encoder with a fine-tuning method (FD-Align by default).
 
-The text encoder stays frozen; class and spurious prototypes are computed once. A frozen
-copy of the original image encoder sees the same augmented batch under ``no_grad`` and
-gives the reference spurious distribution. ``beta = 0`` is plain full fine-tuning (the
-frozen forward is then skipped).
+:func:`finetune` is a short sequence of named phases (:class:`_FineTuning`): prepare the
+model and the frozen text side (:func:`~fdalign_plugins.methods.fd_align.text_prototypes`),
+build the trainables (a frozen copy of the stock encoder when the method uses one; the
+linear head), the validation split, the method's setup and the resume, the epochs, the
+finishing step and the verdict, the checkpoint. The method (:mod:`fdalign_plugins.method_api`,
+FD-Align whole in :mod:`fdalign_plugins.methods.fd_align`) gives each batch's loss; the
+rules every training loop shares — best-epoch keeping, the resumable state, the loss
+guard, optimizer and schedule — come from :mod:`fdalign_plugins.spine`.
 
 Determinism: each epoch's batch order is a permutation seeded from ``(seed, epoch)``,
 and each sample's augmentation is seeded from ``(seed, epoch, sample index)``, so a run
@@ -37,14 +41,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import __version__
 from . import distributed as dist_utils
-from .checkpoint import atomic_torch_save, read_encoder, save_encoder, WEIGHTS_NAME
+from .checkpoint import WEIGHTS_NAME, save_encoder
 from .config import FinetuneConfig, to_dict
 from .datasets.base import ImageSplit
 from .errors import CheckpointError, DataError, TrainingError
-from .losses import class_loss, cosine_logits, spurious_kl, total_loss
+from .losses import cosine_logits
+from .method_api import BatchOutputs, FinishContext, Method, MethodContext, jsonable_hparams
+from .methods.fd_align import TextPrototypes, text_prototypes
 from .models import ClipBundle, state_fingerprint
-from .prompts import class_prototypes, encode_prompts, normalise, resolve_templates, spurious_prototypes
-from .spc import SPCResult, spurious_prototype_correction
+from .plugins import get_method_spec
+from .prompts import normalise
+from .spine import (
+    BestState, OptimizerSettings, check_finite, clip_gradients, make_optimizer, make_schedule, read_state,
+    restore_state, save_state, selection_status, status_line,
+)
 
 STATE_NAME = "train_state.pt"
 
@@ -193,38 +203,6 @@ def encode_images(visual: nn.Module, split: ImageSplit, transform: Callable, bat
     return torch.cat(out)
 
 
-@dataclass
-class TextPrototypes:
-    """Frozen text side of FD-Align.
-
-    Attributes:
-        class_protos: ``mu_class`` ``[C, D]``.
-        spur_protos: spurious prototypes after SPC ``[k, D]`` (or all ``[M, D]``).
-        templates: the M templates the spurious prototypes came from.
-        spc: what SPC kept (``None`` if SPC is off).
-    """
-
-    class_protos: torch.Tensor
-    spur_protos: torch.Tensor
-    templates: List[str]
-    spc: Optional[SPCResult]
-
-
-def text_prototypes(bundle: ClipBundle, classnames: Sequence[str], cfg: FinetuneConfig) -> TextPrototypes:
-    """Class prototypes, spurious prototypes and SPC from the frozen text encoder."""
-    templates = resolve_templates(cfg.templates)
-    feats = encode_prompts(bundle.model, bundle.tokenizer, classnames, templates)  # [M, C, D]
-    cls = class_prototypes(feats)
-    spur = spurious_prototypes(feats)
-    spc = None
-    if cfg.spc and (cfg.spc_keep or cfg.spc_k):
-        spc = spurious_prototype_correction(
-            spur, n_keep=cfg.spc_keep, k=cfg.spc_k, seed=cfg.seed, renormalise=cfg.spc_renormalise
-        )
-        spur = spc.prototypes
-    return TextPrototypes(cls.float(), spur.float(), templates, spc)
-
-
 class Student(nn.Module):
     """The trainable modules as one: the image encoder and the optional linear head.
 
@@ -243,20 +221,16 @@ class Student(nn.Module):
         return feats, (self.head(normalise(feats)) if self.head is not None else None)
 
 
-def _student_losses(student: nn.Module, frozen: Optional[nn.Module], images: torch.Tensor, labels: torch.Tensor,
-                    protos: "TextPrototypes", tau: float, cfg: FinetuneConfig) -> Dict[str, torch.Tensor]:
+def batch_losses(student: nn.Module, frozen: Optional[nn.Module], method: Method, images: torch.Tensor,
+                 labels: torch.Tensor, protos: TextPrototypes, tau: float, step_seed: int = 0) -> Dict[str, torch.Tensor]:
+    """One batch through the trained (and, if the method uses it, the frozen) encoder, then the method's loss."""
     feats, head_logits = student(images)  # [B, D], [B, C] | None
-    if head_logits is not None:
-        l_class = nn.functional.cross_entropy(head_logits, labels)
-    else:
-        l_class = class_loss(feats, labels, protos.class_protos, tau)
-    if cfg.beta > 0 and frozen is not None:
+    logits = head_logits if head_logits is not None else cosine_logits(feats, protos.class_protos, tau)  # [B, C]
+    feats0 = None
+    if frozen is not None and method.uses_frozen():
         with torch.no_grad():
-            feats0 = frozen(images)  # [B, D]
-        l_spur = spurious_kl(feats, feats0, protos.spur_protos, tau, cfg.kl_direction)
-    else:
-        l_spur = torch.zeros((), device=feats.device)
-    return {"class": l_class, "spurious": l_spur, "total": total_loss(l_class, l_spur, cfg.alpha, cfg.beta)}
+            feats0 = frozen(images)  # [B, D], the same augmented images
+    return method.loss(BatchOutputs(feats, feats0, logits, labels, protos, tau, step_seed))
 
 
 def fdalign_losses(
@@ -269,19 +243,12 @@ def fdalign_losses(
     cfg: FinetuneConfig,
     head: Optional[nn.Linear] = None,
 ) -> Dict[str, torch.Tensor]:
-    """One batch's ``L_class``, ``L_spurious`` and total loss (each a mean over the batch).
+    """One batch's loss terms under ``cfg``'s method (each a mean over the batch).
 
-    With ``cfg.beta == 0`` the frozen encoder is not run and ``L_spurious`` is 0.
+    For FD-Align: ``L_class``, ``L_spurious`` and the total; with ``beta == 0`` the
+    frozen encoder is not run and ``L_spurious`` is 0.
     """
-    return _student_losses(Student(visual, head), frozen, images, labels, protos, tau, cfg)
-
-
-def build_optimizer(params: List[nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov when momentum > 0) or AdamW, as ``cfg.optimizer`` says."""
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return batch_losses(Student(visual, head), frozen, cfg.create_method(), images, labels, protos, tau)
 
 
 def set_train_mode(module: nn.Module, freeze_bn: bool) -> nn.Module:
@@ -299,28 +266,20 @@ def set_train_mode(module: nn.Module, freeze_bn: bool) -> nn.Module:
     return module
 
 
-def cosine_lambda(total_iters: int, warmup_iters: int = 0) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up then cosine to 0, stepped per iteration."""
-    def f(it: int) -> float:
-        if warmup_iters and it < warmup_iters:
-            return (it + 1) / warmup_iters
-        span = max(1, total_iters - warmup_iters)
-        return 0.5 * (1.0 + math.cos(math.pi * min(it - warmup_iters, span) / span))
-    return f
-
-
 @dataclass
 class FinetuneResult:
     """Output of :func:`finetune`.
 
     Attributes:
-        visual: the fine-tuned image encoder (best epoch loaded).
-        head: the trained linear head (``cfg.head == "linear"``), else ``None``.
-        history: one dict per epoch: ``epoch, l_class, l_spurious, loss, val_acc, lr, seconds``.
-        best_epoch: the epoch whose weights were kept (1-based).
+        visual: the fine-tuned image encoder (best epoch loaded, finishing step applied).
+        head: the trained linear head (``cfg.head == "linear"`` or a method that needs
+            one), else ``None``.
+        history: one dict per epoch: ``epoch, l_class, l_<term>..., loss, val_acc, lr, seconds``.
+        best_epoch: the epoch whose weights were kept (0: the encoder as given).
         protos: the text prototypes used.
         checkpoint: the written ``encoder.safetensors`` (if ``out_dir`` was given).
         metadata: the sidecar content.
+        selection: ``ok``, ``rejected`` or ``collapsed`` (:func:`fdalign_plugins.spine.selection_status`).
     """
 
     visual: nn.Module
@@ -330,15 +289,286 @@ class FinetuneResult:
     protos: TextPrototypes
     checkpoint: Optional[Path] = None
     metadata: Dict[str, Any] = field(default_factory=dict)
+    selection: str = "ok"
 
 
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(-1) == labels).float().mean().item() * 100.0) if len(labels) else float("nan")
+def _clone_state(modules: Dict[str, nn.Module]) -> Dict[str, Dict[str, torch.Tensor]]:
+    return {k: {n: v.detach().clone() for n, v in m.state_dict().items()} for k, m in modules.items()}
 
 
-def _config_diff(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
-    ignore = {"device", "workers", "amp"}
-    return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+class _FineTuning:
+    """One run of :func:`finetune`, as named phases; each phase reads whole."""
+
+    def __init__(self, bundle: ClipBundle, support: ImageSplit, classnames: Sequence[str], cfg: FinetuneConfig,
+                 val: Optional[ImageSplit], out_dir: Optional[Path], log: Callable[[str], None], progress: bool):
+        cfg.validate()
+        if len(support) == 0:
+            raise DataError("the few-shot support set is empty")
+        self.bundle, self.support, self.classnames, self.cfg, self.val = bundle, support, list(classnames), cfg, val
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        self.main = self.rank == 0
+        self.say: Callable[[str], None] = log if self.main else (lambda _s: None)
+        self.progress = progress
+        self.spec = get_method_spec(cfg.method)
+        self.hparams = cfg.method_hparams()
+        self.method = self.spec.factory(**self.hparams)
+        self.cfg_dict = to_dict(cfg)
+        self.state_path = Path(out_dir) / STATE_NAME if out_dir is not None else None
+        self.out_dir = out_dir
+        self.t_start = time.time()
+
+    # ---------------------------------------------------------------- phase 1: model and prototypes
+    def prepare_model(self) -> None:
+        """Device, the frozen text side (class / spurious prototypes, SPC), the trainable encoder."""
+        cfg = self.cfg
+        device = resolve_device(cfg.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.device = device
+        model = self.bundle.model.to(device)
+        model.eval()
+        tau = self.bundle.logit_scale
+        protos = text_prototypes(self.bundle, self.classnames, cfg)
+        if self.world > 1:  # every rank trains against rank 0's prototypes, whatever its own text tower said
+            cls_p, spur_p, tau = dist_utils.broadcast_object((protos.class_protos.cpu(), protos.spur_protos.cpu(), tau))
+            protos = TextPrototypes(cls_p, spur_p, protos.templates, protos.spc)
+        self.tau = tau
+        self.protos = TextPrototypes(protos.class_protos.to(device), protos.spur_protos.to(device), protos.templates,
+                                     protos.spc)
+        self.visual = model.visual
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if self.world > 1:  # the frozen reference below must be rank 0's encoder on every rank
+            dist_utils.broadcast_module_(self.visual)
+        if "beta" not in self.spec.reads and cfg.beta != FinetuneConfig.beta:
+            self.say(f"note: beta = {cfg.beta} is FD-Align's setting; method {cfg.method} does not use it")
+
+    # ---------------------------------------------------------------- phase 2: trainables
+    def build_trainables(self) -> None:
+        """The frozen copy (if the method uses it), the linear head, DDP, optimizer, schedule."""
+        cfg, device = self.cfg, self.device
+        self.frozen = copy.deepcopy(self.visual).eval().requires_grad_(False) if self.method.uses_frozen() else None
+        self.visual.requires_grad_(True)
+        self.head = None
+        if cfg.head == "linear" or self.method.needs_head:
+            c, d = self.protos.class_protos.shape
+            self.head = nn.Linear(d, c).to(device)
+            with torch.no_grad():  # the zero-shot head: tau * mu_class, no bias
+                self.head.weight.copy_(self.tau * self.protos.class_protos)
+                self.head.bias.zero_()
+        self.modules = {"visual": self.visual, **({"head": self.head} if self.head is not None else {})}
+        self.student: nn.Module = Student(self.visual, self.head)
+        self.ddp: Optional[nn.parallel.DistributedDataParallel] = None
+        if self.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[device.index] if device.type == "cuda" else None)
+            self.student = self.ddp
+        self.params = [p for m in self.modules.values() for p in m.parameters()]
+        self.opt = make_optimizer(self.params, OptimizerSettings.of(cfg))
+        self.batches = math.ceil(len(self.support) / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches / cfg.grad_accum)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.sched = make_schedule(self.opt, self.total_steps, cfg.warmup_iters)
+        self.use_amp = cfg.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.best = BestState(self.modules, cfg.select)
+
+    # ---------------------------------------------------------------- phase 3: validation
+    def build_validation(self) -> None:
+        """The validation images on the device; each rank scores its slice and the counts are
+        summed, so every rank sees the same accuracy and keeps the same epoch."""
+        self.val_x = None
+        if self.val is not None and len(self.val) > 0:
+            lo, hi = dist_utils.shard_range(len(self.val), self.rank, self.world)
+            loader = DataLoader(SplitDataset(self.val, self.bundle.eval_transform, indices=range(lo, hi)),
+                                batch_size=256, shuffle=False)
+            self.val_x = [(x.to(self.device), y.to(self.device)) for x, y in loader]
+
+    def val_accuracy(self) -> float:
+        """Top-1 % of the current weights on the validation split (NaN without one)."""
+        if self.val_x is None:
+            return float("nan")
+        self.visual.eval()
+        correct = n = 0
+        with torch.no_grad(), torch.autocast("cuda", enabled=self.use_amp):
+            for x, y in self.val_x:
+                f = self.visual(x).float()  # [B, D]
+                logits = (self.head(normalise(f)) if self.head is not None
+                          else cosine_logits(f, self.protos.class_protos, self.tau))
+                correct += int((logits.argmax(-1) == y).sum())
+                n += len(y)
+        set_train_mode(self.visual, self.cfg.freeze_bn)
+        if self.world > 1:
+            correct, n = (int(v) for v in dist_utils.all_reduce_floats([correct, n]))
+        return 100.0 * correct / n
+
+    # ---------------------------------------------------------------- phase 4: method setup and resume
+    def setup_method_and_resume(self, resume: bool) -> None:
+        """Snapshot the stock weights (for a finishing step), let the method prepare, then
+        continue from the saved training state if there is one (same rule as every loop)."""
+        self.stock = _clone_state(self.modules) if self.method.needs_stock() else {}
+        self.method.setup(MethodContext(
+            model=self.bundle.model, tokenizer=self.bundle.tokenizer, protos=self.protos, tau=self.tau, head=self.head,
+            support_features=lambda: self._features(self.support), seed=self.cfg.seed, log=self.say,
+            val_features=(lambda: self._features(self.val)) if self.val_x is not None else None))
+        self.history: List[Dict[str, Any]] = []
+        self.start_epoch = 1
+        # rank 0 reads the state and sends it (or the reason it cannot be used) to every rank,
+        # so all ranks resume from the same epoch even when out_dir is not on a shared disk
+        loaded = read_state(self.state_path, self.cfg_dict) if (self.main and resume and self.state_path) else None
+        if self.world > 1 and resume:
+            loaded = dist_utils.broadcast_object(loaded)
+        if loaded is not None and loaded[0] == "error":
+            raise CheckpointError(loaded[1])
+        if loaded is not None:
+            self.history, self.start_epoch = restore_state(loaded[1], modules=self.modules, optimizer=self.opt,
+                                                           scheduler=self.sched, best=self.best,
+                                                           scaler=self.scaler if self.use_amp else None)
+            self.say(f"resuming from {self.state_path} after epoch {self.start_epoch - 1}")
+        else:  # epoch 0, the encoder as given, is a candidate: fine-tuning must beat it on validation
+            acc0 = self.val_accuracy()
+            self.best.offer(0, acc0)
+            if self.val_x is not None:
+                self.say(f"epoch 0 (before fine-tuning)  val {acc0:.2f}%")
+
+    def _features(self, split: ImageSplit) -> Tuple[torch.Tensor, torch.Tensor]:
+        f = encode_images(self.visual, split, self.bundle.eval_transform, device=self.device)
+        set_train_mode(self.visual, self.cfg.freeze_bn)
+        return f, torch.as_tensor(split.labels, dtype=torch.long)
+
+    # ---------------------------------------------------------------- phase 5: epochs
+    def train(self, stop_after_epoch: Optional[int]) -> None:
+        """Every remaining epoch: train, validate, keep the best, save the state."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self.bar = tqdm(total=self.total_steps, initial=(self.start_epoch - 1) * self.steps_per_epoch, desc="fine-tune",
+                        unit="step", disable=not (self.progress and self.main), leave=False)
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs + 1):
+                t0 = time.time()
+                means = self.train_epoch(epoch)
+                acc = self.val_accuracy()
+                rec = {"epoch": epoch, **{("loss" if k == "total" else f"l_{k}"): v for k, v in means.items()},
+                       "val_acc": acc, "lr": self.opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+                self.history.append(rec)
+                kept = self.best.offer(epoch, acc)
+                terms = "  ".join(f"L_{k} {max(0.0, v) if k != 'class' else v:.4f}" for k, v in means.items()
+                                  if k != "total")
+                self.say(f"epoch {epoch}/{cfg.epochs}  {terms}  val {acc:.2f}%"
+                         f"{'  *' if kept and self.val_x is not None else ''}")
+                if self.state_path is not None:
+                    if self.main:
+                        save_state(self.state_path, epoch=epoch, modules=self.modules, optimizer=self.opt,
+                                   scheduler=self.sched, best=self.best, history=self.history, config=self.cfg_dict,
+                                   scaler=self.scaler if self.use_amp else None)
+                    dist_utils.barrier()  # no rank runs ahead of the last durable epoch
+                if stop_after_epoch is not None and stop_after_epoch <= epoch < cfg.epochs:
+                    raise KeyboardInterrupt(f"stopped after epoch {epoch} (stop_after_epoch)")
+        finally:
+            self.bar.close()
+
+    def train_epoch(self, epoch: int) -> Dict[str, float]:
+        """One epoch; returns the sample-weighted mean of every loss term."""
+        cfg, device = self.cfg, self.device
+        torch.manual_seed(epoch_seed(cfg.seed, epoch) + self.rank)  # any other randomness (e.g. dropout) restarts too
+        set_train_mode(self.student, cfg.freeze_bn)
+        train_tf = self.bundle.train_transform(scale=cfg.aug_scale, flip=False)
+        loader = make_loader(self.support, train_tf, cfg.batch_size, cfg.seed, epoch, cfg.workers, self.rank, self.world)
+        sums: Dict[str, float] = {}
+        seen = 0
+        self.opt.zero_grad(set_to_none=True)
+        for b, ((x, y), share) in enumerate(zip(loader, loader.batch_sampler.shares)):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            stepping = (b + 1) % cfg.grad_accum == 0 or b + 1 == self.batches
+            sync = self.ddp.no_sync() if self.ddp is not None and not stepping else contextlib.nullcontext()
+            with sync:
+                with torch.autocast("cuda", enabled=self.use_amp):
+                    losses = batch_losses(self.student, self.frozen, self.method, x, y, self.protos, self.tau,
+                                          step_seed=sample_seed(epoch_seed(cfg.seed, epoch), b))
+                means = self._global_means(losses, share)
+                check_finite(means["total"], f"epoch {epoch}, step {b + 1}",
+                             ", ".join(f"L_{k}={v:.4g}" for k, v in means.items() if k != "total"))
+                loss = losses["total"]
+                if self.world > 1:
+                    # DDP averages over ranks: this weight makes the average the global-batch mean
+                    loss = loss * (share.local_size * self.world / share.global_size)
+                self.scaler.scale(loss / cfg.grad_accum).backward()
+            if stepping:
+                if cfg.grad_clip > 0:
+                    self.scaler.unscale_(self.opt)
+                    clip_gradients(self.params, cfg.grad_clip)
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                self.opt.zero_grad(set_to_none=True)
+                self.sched.step()
+                self.bar.update(1)
+            for k, v in means.items():
+                sums[k] = sums.get(k, 0.0) + v * share.global_size
+            seen += share.global_size
+        return {k: v / seen for k, v in sums.items()}
+
+    def _global_means(self, losses: Dict[str, torch.Tensor], share: BatchShare) -> Dict[str, float]:
+        if self.world == 1:
+            return {k: float(v.detach()) for k, v in losses.items()}
+        # global-batch means: sum of per-sample losses over ranks / global batch size
+        got = dist_utils.all_reduce_floats([float(v.detach()) * share.local_size for v in losses.values()])
+        return {k: v / share.global_size for k, v in zip(losses, got)}
+
+    # ---------------------------------------------------------------- phase 6: best epoch, finishing step, verdict
+    def finish(self) -> None:
+        """Restore the kept epoch, apply the method's finishing step, judge the run."""
+        del self.ddp, self.student  # drop DDP's hooks; bundle.model.visual is the plain module again
+        self.best.restore()
+        self.finished = self.method.finish(FinishContext(
+            modules=self.modules, stock=self.stock, log=self.say,
+            val_accuracy=self.val_accuracy if self.val_x is not None else None))
+        self.visual.eval().requires_grad_(False)
+        self.verdict = selection_status(self.history, self.best.epoch, self.best.initial, len(self.classnames))
+        if self.verdict["status"] == "ok" and self.finished.get("kept_stock") and \
+                self.finished.get("chosen_on") == "validation":
+            self.verdict = {"status": "rejected", "reason": "WiSE chose a = 0 on validation: the stock encoder was kept"}
+        line = status_line(self.verdict)
+        if line:
+            self.say(line)
+
+    # ---------------------------------------------------------------- phase 7: checkpoint
+    def write(self, extra_metadata: Optional[Dict[str, Any]]) -> FinetuneResult:
+        """The sidecar metadata and, with an output folder, the checkpoint (rank 0)."""
+        cfg, protos, head = self.cfg, self.protos, self.head
+        meta: Dict[str, Any] = {
+            "model": self.bundle.model_name, "pretrained": self.bundle.pretrained, "dataset": cfg.dataset,
+            "shots": cfg.shots, "seed": cfg.seed, "config": self.cfg_dict,
+            "method": cfg.method, "method_params": jsonable_hparams(self.hparams),
+            "method_distribution": self.spec.distribution,
+            "classnames": self.classnames, "templates": protos.templates,
+            "spc": None if protos.spc is None else {
+                "kept_indices": protos.spc.kept,
+                "kept_templates": [protos.templates[i] for i in protos.spc.kept],
+                "num_prototypes": int(protos.spur_protos.shape[0]),
+            },
+            "history": self.history, "best_epoch": self.best.epoch,
+            "best_val_acc": self.best.score if self.val_x is not None else None,
+            "val_acc_epoch0": self.best.initial if self.val_x is not None else None,
+            "selection": self.verdict["status"], "selection_reason": self.verdict["reason"], "finish": self.finished,
+            "logit_scale": self.tau, "image_size": self.bundle.image_size,
+            "encoder_fingerprint": state_fingerprint(self.visual), "train_seconds": time.time() - self.t_start,
+            "package_version": __version__,
+        }
+        meta.update(extra_metadata or {})
+        ckpt = None
+        if self.out_dir is not None:
+            ckpt = Path(self.out_dir) / WEIGHTS_NAME
+            if self.main:
+                extra = {"spurious_prototypes": protos.spur_protos, "class_prototypes": protos.class_protos}
+                if head is not None:
+                    extra.update({"head.weight": head.weight, "head.bias": head.bias})
+                ckpt = save_encoder(self.visual, ckpt, meta, extra)
+                if self.state_path is not None and self.state_path.exists():
+                    self.state_path.unlink()
+            dist_utils.barrier()  # the checkpoint exists for every rank once finetune returns
+        return FinetuneResult(self.visual, head, self.history, int(self.best.epoch), protos, ckpt, meta,
+                              self.verdict["status"])
 
 
 def finetune(
@@ -354,13 +584,13 @@ def finetune(
     extra_metadata: Optional[Dict[str, Any]] = None,
     stop_after_epoch: Optional[int] = None,
 ) -> FinetuneResult:
-    """Fine-tune ``bundle.model.visual`` with FD-Align on a few-shot support set.
+    """Fine-tune ``bundle.model.visual`` on a few-shot support set with ``cfg.method``.
 
     Args:
         bundle: the CLIP model (modified in place: its ``visual`` is trained).
         support: the K-shot training images, labels indexing ``classnames``.
         classnames: class names in label order.
-        cfg: resolved :class:`FinetuneConfig`.
+        cfg: resolved :class:`FinetuneConfig` (``cfg.method`` names the method).
         val: few-shot validation split for best-epoch selection (``None``: last epoch).
         out_dir: where the training state (each epoch) and the final checkpoint go.
         resume: continue from ``out_dir/train_state.pt`` if present.
@@ -381,257 +611,11 @@ def finetune(
         TrainingError: NaN / infinite loss (naming epoch and step) or a bad device.
         CheckpointError: a saved training state from another config.
     """
-    cfg.validate()
-    if len(support) == 0:
-        raise DataError("the few-shot support set is empty")
-    rank, world = dist_utils.rank(), dist_utils.world_size()
-    main = rank == 0
-    say: Callable[[str], None] = log if main else (lambda _s: None)
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    model = bundle.model.to(device)
-    model.eval()
-    tau = bundle.logit_scale
-    protos = text_prototypes(bundle, classnames, cfg)
-    if world > 1:  # every rank trains against rank 0's prototypes, whatever its own text tower said
-        cls_p, spur_p, tau = dist_utils.broadcast_object((protos.class_protos.cpu(), protos.spur_protos.cpu(), tau))
-        protos = TextPrototypes(cls_p, spur_p, protos.templates, protos.spc)
-    protos = TextPrototypes(protos.class_protos.to(device), protos.spur_protos.to(device), protos.templates, protos.spc)
-
-    visual = model.visual
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if world > 1:  # the frozen reference below must be rank 0's encoder on every rank
-        dist_utils.broadcast_module_(visual)
-    frozen = copy.deepcopy(visual).eval().requires_grad_(False) if cfg.beta > 0 else None
-    visual.requires_grad_(True)
-    head = None
-    if cfg.head == "linear":
-        head = nn.Linear(protos.class_protos.shape[1], protos.class_protos.shape[0]).to(device)
-        with torch.no_grad():
-            head.weight.copy_(tau * protos.class_protos)
-            head.bias.zero_()
-    student: nn.Module = Student(visual, head)
-    ddp: Optional[nn.parallel.DistributedDataParallel] = None
-    if world > 1:
-        ddp = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-        student = ddp
-    params = list(visual.parameters()) + (list(head.parameters()) if head is not None else [])
-    opt = build_optimizer(params, cfg)
-    batches = math.ceil(len(support) / cfg.batch_size)
-    steps_per_epoch = math.ceil(batches / cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total_steps, cfg.warmup_iters))
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    train_tf = bundle.train_transform(scale=cfg.aug_scale, flip=False)
-    cfg_dict = to_dict(cfg)
-
-    history: List[Dict[str, Any]] = []
-    best = {"epoch": 0, "acc": -1.0, "visual": None, "head": None}
-    start_epoch = 1
-    state_path = Path(out_dir) / STATE_NAME if out_dir is not None else None
-    # rank 0 reads the state and sends it (or the reason it cannot be used) to every rank,
-    # so all ranks resume from the same epoch even when out_dir is not on a shared disk
-    loaded: Optional[Tuple[str, Any]] = None
-    if main and resume and state_path is not None and state_path.is_file():
-        try:
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            loaded = ("error",
-                      f"cannot read training state {state_path} ({type(exc).__name__}); delete it to start over")
-        else:
-            diff = _config_diff(state.get("config", {}), cfg_dict)
-            loaded = ("error", f"training state {state_path} was made with another config ({'; '.join(diff[:3])}); "
-                      "use a new output folder, or delete it to start over") if diff else ("state", state)
-    if world > 1 and resume:
-        loaded = dist_utils.broadcast_object(loaded)
-    if loaded is not None and loaded[0] == "error":
-        raise CheckpointError(loaded[1])
-    if loaded is not None:
-        state = loaded[1]
-        visual.load_state_dict(state["visual"])
-        if head is not None and state.get("head") is not None:
-            head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        history = list(state["history"])
-        best = state["best"]
-        start_epoch = int(state["epoch"]) + 1
-        say(f"resuming from {state_path} after epoch {start_epoch - 1}")
-
-    # validation is sharded too: each rank scores its slice, the counts are summed, so
-    # every rank sees the same accuracy and picks the same best epoch
-    val_x = None
-    if val is not None and len(val) > 0:
-        lo, hi = dist_utils.shard_range(len(val), rank, world)
-        eval_loader = DataLoader(SplitDataset(val, bundle.eval_transform, indices=range(lo, hi)), batch_size=256,
-                                 shuffle=False)
-        val_x = [(x.to(device), y.to(device)) for x, y in eval_loader]
-
-    def val_accuracy() -> float:
-        if val_x is None:
-            return float("nan")
-        visual.eval()
-        correct = 0
-        n = 0
-        with torch.no_grad(), torch.autocast("cuda", enabled=use_amp):
-            for x, y in val_x:
-                f = visual(x).float()  # [B, D]
-                logits = head(normalise(f)) if head is not None else cosine_logits(f, protos.class_protos, tau)
-                correct += int((logits.argmax(-1) == y).sum())
-                n += len(y)
-        set_train_mode(visual, cfg.freeze_bn)
-        if world > 1:
-            correct, n = (int(v) for v in dist_utils.all_reduce_floats([correct, n]))
-        return 100.0 * correct / n
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_steps, initial=(start_epoch - 1) * steps_per_epoch, desc="fine-tune", unit="step",
-               disable=not (progress and main), leave=False)
-    t_start = time.time()
-    if start_epoch == 1 and val_x is not None and cfg.select == "val":
-        # the encoder as given is a candidate too ("epoch 0"): if no epoch of fine-tuning
-        # beats it on validation, fine-tuning is rejected rather than forced
-        acc0 = val_accuracy()
-        best = {"epoch": 0, "acc": acc0, "visual": {k: v.detach().clone() for k, v in visual.state_dict().items()},
-                "head": {k: v.detach().clone() for k, v in head.state_dict().items()} if head is not None else None}
-        say(f"epoch 0 (before fine-tuning)  val {acc0:.2f}%")
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.time()
-        torch.manual_seed(epoch_seed(cfg.seed, epoch) + rank)  # any other randomness (e.g. dropout) restarts too
-        set_train_mode(student, cfg.freeze_bn)
-        loader = make_loader(support, train_tf, cfg.batch_size, cfg.seed, epoch, cfg.workers, rank, world)
-        shares = loader.batch_sampler.shares
-        sums = {"class": 0.0, "spurious": 0.0, "total": 0.0}
-        seen = 0
-        opt.zero_grad(set_to_none=True)
-        for b, ((x, y), share) in enumerate(zip(loader, shares)):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            stepping = (b + 1) % cfg.grad_accum == 0 or b + 1 == batches
-            sync = ddp.no_sync() if ddp is not None and not stepping else contextlib.nullcontext()
-            with sync:
-                with torch.autocast("cuda", enabled=use_amp):
-                    losses = _student_losses(student, frozen, x, y, protos, tau, cfg)
-                if world > 1:
-                    # global-batch means: sum of per-sample losses over ranks / global batch size
-                    got = dist_utils.all_reduce_floats([float(losses[k].detach()) * share.local_size for k in sums])
-                    means = {k: v / share.global_size for k, v in zip(sums, got)}
-                else:
-                    means = {k: float(losses[k].detach()) for k in sums}
-                if not math.isfinite(means["total"]):
-                    bar.close()
-                    raise TrainingError(
-                        f"loss became {means['total']} at epoch {epoch}, step {b + 1} "
-                        f"(L_class={means['class']:.4g}, L_spurious={means['spurious']:.4g}); "
-                        "lower the learning rate (lr) or set grad_clip"
-                    )
-                loss = losses["total"]
-                if world > 1:
-                    # DDP averages over ranks: this weight makes the average the global-batch mean
-                    loss = loss * (share.local_size * world / share.global_size)
-                scaler.scale(loss / cfg.grad_accum).backward()
-            if stepping:
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                sched.step()
-                bar.update(1)
-            for k in sums:
-                sums[k] += means[k] * share.global_size
-            seen += share.global_size
-        acc = val_accuracy()
-        rec = {
-            "epoch": epoch,
-            "l_class": sums["class"] / seen,
-            "l_spurious": sums["spurious"] / seen,
-            "loss": sums["total"] / seen,
-            "val_acc": acc,
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": time.time() - t0,
-        }
-        history.append(rec)
-        improved = cfg.select == "last" or val_x is None or acc > best["acc"]
-        if improved:
-            best = {
-                "epoch": epoch,
-                "acc": acc if acc == acc else -1.0,
-                "visual": {k: v.detach().clone() for k, v in visual.state_dict().items()},
-                "head": {k: v.detach().clone() for k, v in head.state_dict().items()} if head is not None else None,
-            }
-        say(
-            f"epoch {epoch}/{cfg.epochs}  L_class {rec['l_class']:.4f}  L_spurious {max(0.0, rec['l_spurious']):.4f}  "
-            f"val {acc:.2f}%{'  *' if improved and val_x is not None else ''}"
-        )
-        if state_path is not None:
-            if main:
-                atomic_torch_save(
-                    {
-                        "epoch": epoch,
-                        "visual": visual.state_dict(),
-                        "head": head.state_dict() if head is not None else None,
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "scaler": scaler.state_dict() if use_amp else None,
-                        "history": history,
-                        "best": best,
-                        "config": cfg_dict,
-                    },
-                    state_path,
-                )
-            dist_utils.barrier()  # no rank runs ahead of the last durable epoch
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
-            bar.close()
-            raise KeyboardInterrupt(f"stopped after epoch {epoch} (stop_after_epoch)")
-    bar.close()
-    del ddp, student  # drop DDP's hooks; bundle.model.visual is the plain module again
-
-    if best["visual"] is not None:
-        visual.load_state_dict(best["visual"])
-        if head is not None and best["head"] is not None:
-            head.load_state_dict(best["head"])
-    visual.eval().requires_grad_(False)
-    meta: Dict[str, Any] = {
-        "model": bundle.model_name,
-        "pretrained": bundle.pretrained,
-        "dataset": cfg.dataset,
-        "shots": cfg.shots,
-        "seed": cfg.seed,
-        "config": cfg_dict,
-        "classnames": list(classnames),
-        "templates": protos.templates,
-        "spc": None if protos.spc is None else {
-            "kept_indices": protos.spc.kept,
-            "kept_templates": [protos.templates[i] for i in protos.spc.kept],
-            "num_prototypes": int(protos.spur_protos.shape[0]),
-        },
-        "history": history,
-        "best_epoch": best["epoch"],
-        "best_val_acc": best["acc"] if val_x is not None else None,
-        "logit_scale": tau,
-        "image_size": bundle.image_size,
-        "encoder_fingerprint": state_fingerprint(visual),
-        "train_seconds": time.time() - t_start,
-        "package_version": __version__,
-    }
-    if extra_metadata:
-        meta.update(extra_metadata)
-    ckpt = None
-    if out_dir is not None:
-        ckpt = Path(out_dir) / WEIGHTS_NAME
-        if main:
-            extra = {"spurious_prototypes": protos.spur_protos, "class_prototypes": protos.class_protos}
-            if head is not None:
-                extra.update({"head.weight": head.weight, "head.bias": head.bias})
-            ckpt = save_encoder(visual, ckpt, meta, extra)
-            if state_path is not None and state_path.exists():
-                state_path.unlink()
-        dist_utils.barrier()  # the checkpoint exists for every rank once finetune returns
-    return FinetuneResult(visual, head, history, best["epoch"], protos, ckpt, meta)
+    run = _FineTuning(bundle, support, classnames, cfg, val, out_dir, log, progress)
+    run.prepare_model()
+    run.build_trainables()
+    run.build_validation()
+    run.setup_method_and_resume(resume)
+    run.train(stop_after_epoch)
+    run.finish()
+    return run.write(extra_metadata)

@@ -16,7 +16,7 @@ FLAG_KEYS = {
     "adapter": "adapters", "shots": "shots", "seeds": "seeds", "dataset": "dataset", "ood": "ood",
     "data_root": "data_root", "model": "model", "pretrained": "pretrained", "encoder": "encoder",
     "device": "device", "workers": "workers", "batch_size": "batch_size", "views": "views",
-    "cache_dir": "cache_dir", "protocol": "protocol",
+    "cache_dir": "cache_dir", "protocol": "protocol", "methods": "methods",
 }
 #: flag dest -> FinetuneConfig key (shortcuts into the config's ``finetune:`` section)
 FINETUNE_FLAGS = {"epochs": "epochs", "lr": "lr", "beta": "beta", "kl_direction": "kl_direction"}
@@ -42,6 +42,8 @@ def build_parser() -> OneLineParser:
     a("--model", metavar="NAME", help="open_clip model name or local-dir:PATH (default: fdalign-world-tiny)")
     a("--pretrained", metavar="TAG|FILE", help="open_clip pretrained tag or local weights file")
     a("--encoder", metavar="PATH|DIR", help="use this FD-Align checkpoint instead of fine-tuning")
+    a("--methods", metavar="NAMES", help="encoder fine-tuning methods, comma list (default: fd-align); each gets its "
+      "own encoder rows and '+ method' rows with Δ vs the stock encoder; any method + wise adds WiSE-FT; see --list")
     a("--baselines", action="store_true", default=None, help="also plain full fine-tuning (beta = 0)")
     a("--config", metavar="YAML", help="YAML file of bench keys (see docs/bench.md)")
     a("--out", metavar="DIR", help="run folder (default: runs/bench-<dataset>-<config hash>; same command resumes)")
@@ -63,7 +65,8 @@ def build_parser() -> OneLineParser:
       "code's choices, incl. selection on the TEST set; outputs say so)")
     a("--reproduce", metavar="TABLE", help="run a published table's config (benchmarks/paper/TABLE.yaml, or a path) "
       "and print ours, published and the difference side by side; flags and --config apply to every run")
-    a("--list", action="store_true", help="list adapters and datasets with the distribution each came from")
+    a("--list", action="store_true", help="list adapters, datasets and fine-tuning methods with the distribution "
+      "each came from")
     a("--report", nargs="*", metavar="RESULTS", help="rebuild tables and plot from results.jsonl file(s)/folder(s) "
       "without computing; with no paths, from the run folder the same command computes into (--out or its default)")
     a("--quiet", action="store_true", help="no progress bars or per-record lines")
@@ -182,6 +185,8 @@ def _run(args) -> int:
     print(f"{summary.written} record(s) written, {summary.skipped} already done, {summary.failed} failed; "
           f"{summary.finetuned} encoder(s) fine-tuned; features computed {st.computed}, from cache {st.hits}; "
           f"total {time.time() - t0:.1f} s", file=sys.stderr)
+    for line in summary.flagged:
+        print(f"!! fine-tuning {line}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 

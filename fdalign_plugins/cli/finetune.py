@@ -1,4 +1,4 @@
-"""``fdalign-finetune``: fine-tune CLIP's image encoder with FD-Align, write a checkpoint."""
+"""``fdalign-finetune``: fine-tune CLIP's image encoder (FD-Align or another ``--method``), write a checkpoint."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ FLAG_HELP = {
     "data_root": ("DIR", "the folder the dataset is read from (see docs/datasets.md)"),
     "shots": ("K", "support images per class"),
     "seed": ("S", "seed of the few-shot draw"),
+    "method": ("NAME", "fine-tuning method (see --list); NAME+wise adds WiSE-FT's weight interpolation"),
+    "method_params": ("K=V,..", "the method's hyper-parameters (see --list), e.g. wise_a=0.5"),
     "alpha": ("A", "weight of the class cross-entropy"),
     "beta": ("B", "weight of the spurious-feature KL that keeps the encoder close to CLIP (0 = plain fine-tuning)"),
     "kl_direction": ("D", "overview: KL(P_ft || P_0); reference: KL(P_0 || P_ft) as the released code"),
@@ -56,10 +58,13 @@ FLAG_HELP = {
 def build_parser() -> OneLineParser:
     p = OneLineParser(
         prog=PROG,
-        description="Fine-tune CLIP's image encoder with FD-Align and write encoder.safetensors + encoder.json. "
-        "With no arguments: the embedded world model on the synthetic world's in-distribution split. "
-        "Precedence: flags > --config YAML > defaults.",
+        description="Fine-tune CLIP's image encoder with FD-Align (or another --method) and write "
+        "encoder.safetensors + encoder.json. With no arguments: the embedded world model on the synthetic world's "
+        "in-distribution split. Precedence: flags > --config YAML > defaults. Method hyper-parameters: "
+        "--method-params key=value,key2=value2 (see --list).",
     )
+    p.add_argument("--list", action="store_true", help="list the fine-tuning methods, their hyper-parameters and "
+                   "the distribution each came from")
     p.add_argument("--config", metavar="YAML", help="YAML file of the settings below (keys without the dashes)")
     p.add_argument("--data", dest="data", metavar="DIR",
                    help="a folder of images, one sub-folder per class (sets --dataset folder --data-root DIR)")
@@ -78,6 +83,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(args) -> int:
+    if args.list:
+        from ..plugins import get_plugin_manager
+
+        print("\n".join(get_plugin_manager().format_methods()))
+        return 0
     from ..checkpoint import WEIGHTS_NAME, read_encoder
     from ..datasets import check_images, few_shot_split, load_dataset
     from ..distributed import init_from_env, is_main
@@ -119,14 +129,17 @@ def _run(args) -> int:
         steps = math.ceil(math.ceil(len(split.support) / cfg.batch_size) / cfg.grad_accum)
         print(f"{PROG}: {bundle.model_name} ({bundle.pretrained or 'random init'}) on {ds.name}: {len(ds.classnames)} classes, "
               f"{len(split.support)} support / {len(split.val)} validation images (validation from {split.val_from}); "
-              f"{cfg.epochs} epoch(s) x {steps} step(s), state saved after each epoch in {out}", file=sys.stderr)
+              f"{cfg.epochs} epoch(s) x {steps} step(s), state saved after each epoch in {out}; "
+              f"method {cfg.method} {cfg.method_hparams()}", file=sys.stderr)
     res = finetune(
         bundle, split.support, ds.classnames, cfg, val=split.val, out_dir=out, resume=args.resume,
         progress=not args.quiet and sys.stderr.isatty(), log=lambda s: print(s, file=sys.stderr),
         extra_metadata={"support_indices": split.support_indices, "val_indices": split.val_indices},
     )
     if main_rank:
-        print(f"checkpoint: {res.checkpoint} (best epoch {res.best_epoch}, sidecar {res.checkpoint.with_suffix('.json')})")
+        flag = "" if res.selection == "ok" else f"; {res.selection.upper()}: {res.metadata['selection_reason']}"
+        print(f"checkpoint: {res.checkpoint} (method {cfg.method}, best epoch {res.best_epoch}{flag}, "
+              f"sidecar {res.checkpoint.with_suffix('.json')})")
     return 0
 
 
