@@ -285,9 +285,11 @@ def selection_status(history: Sequence[Mapping[str, Any]], best_epoch: Optional[
                      num_classes: int) -> Dict[str, Any]:
     """Whether a finished run did its job, for the screen, the checkpoint and the table.
 
-    * ``collapsed``: the last epoch's class loss is above ``log C`` (worse than a
-      uniform guess) or not finite, or the best trained epoch's validation accuracy is
-      more than :data:`COLLAPSE_DROP` points below the untrained state's ``val0``;
+    * ``collapsed``: the class loss rose above ``log C`` (worse than a uniform guess)
+      from below it in the first epoch, or is not finite, or the best trained epoch's
+      validation accuracy is more than :data:`COLLAPSE_DROP` points below the
+      untrained state's ``val0`` (a model that starts above ``log C``, e.g. a randomly
+      initialised one, is judged by validation alone);
     * ``rejected``: otherwise, if validation kept epoch 0 (the untrained state);
     * ``ok``: otherwise.
 
@@ -301,14 +303,17 @@ def selection_status(history: Sequence[Mapping[str, Any]], best_epoch: Optional[
         ``{"status": ..., "reason": ...}``.
     """
     reasons = []
+    log_c = math.log(max(num_classes, 2))
     if history:
-        last = float(history[-1]["l_class"])
-        if not math.isfinite(last) or last > math.log(max(num_classes, 2)):
-            reasons.append(f"the class loss ended at {last:.3f}, above log C = {math.log(max(num_classes, 2)):.3f}")
+        first, last = float(history[0]["l_class"]), float(history[-1]["l_class"])
+        if not math.isfinite(last) or first <= log_c < last:
+            reasons.append(f"the class loss rose to {last:.3f} (epoch 1: {first:.3f}), above log C = {log_c:.3f}")
         vals = [float(h["val_acc"]) for h in history if h.get("val_acc") == h.get("val_acc")]
         if vals and val0 == val0 and max(vals) < val0 - COLLAPSE_DROP:
             reasons.append(f"validation fell to {max(vals):.2f}% at best, from {val0:.2f}% before fine-tuning")
     if reasons:
+        if best_epoch == 0:
+            reasons.append("validation kept the untrained state")
         return {"status": "collapsed", "reason": "; ".join(reasons)}
     if best_epoch == 0:
         return {"status": "rejected",

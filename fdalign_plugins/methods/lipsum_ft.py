@@ -63,7 +63,7 @@ class LipsumFT(Method):
 
     def loss(self, out: BatchOutputs) -> Dict[str, torch.Tensor]:
         l_class = F.cross_entropy(out.logits, out.labels)
-        gap = energy_gap(out.feats, out.feats0, self.text_features(out.step_seed), out.tau)
+        gap = energy_gap(out.feats, out.feats0, self.text_features(out.step_seed).to(out.feats.dtype), out.tau)
         return {"class": l_class, "lipsum": gap, "total": l_class + float(self.hparams["lam"]) * gap}
 
 
