@@ -130,109 +130,137 @@ def episodic_finetune(bundle: ClipBundle, pool: ImageSplit, classnames: Sequence
     Raises:
         ConfigError: a method that needs a linear head (episodes have no fixed classes).
     """
-    device = resolve_device(cfg.device)
-    model = bundle.model.to(device).eval()
-    tau = bundle.logit_scale
-    protos = text_prototypes(bundle, classnames, cfg)
-    protos = TextPrototypes(protos.class_protos.to(device), protos.spur_protos.to(device), protos.templates, protos.spc)
-    method = cfg.create_method()
-    if method.needs_head or cfg.head != "fixed":
-        raise ConfigError(f"episodic fine-tuning has no fixed class set for a linear head; method {cfg.method} with "
-                          f"head {cfg.head} cannot run episodically (use head: fixed and a method without a head)")
-    visual = model.visual
-    frozen = copy.deepcopy(visual).eval().requires_grad_(False) if method.uses_frozen() else None
-    for p in model.parameters():
-        p.requires_grad_(False)
-    visual.requires_grad_(True)
-    modules = {"visual": visual}
-    params = list(visual.parameters())
-    opt = make_optimizer(params, OptimizerSettings.of(cfg))
-    sched = make_schedule(opt, cfg.epochs * ecfg.train_episodes, cfg.warmup_iters)
-    sampler = EpisodeSampler(pool.labels, ecfg.n_way, ecfg.train_shot, ecfg.train_query, short=ecfg.short)
-    y = torch.as_tensor(episode_labels(ecfg.n_way, ecfg.train_query)).to(device)
-    tf = bundle.train_transform(scale=cfg.aug_scale)
-    cfg_dict = {"finetune": to_dict(cfg), "episodic": to_dict(ecfg)}
-    def episodes_val() -> float:
-        f = encode_images(visual, val, bundle.eval_transform, device=device)
-        return evaluate_episodes(f, val.labels, ecfg.n_way, ecfg.train_shot, ecfg.query, ecfg.val_episodes, 1,
-                                 cfg.seed, short=ecfg.short)[0]
-
-    val_eval = episodes_val if val is not None and len(val) and ecfg.val_episodes else None
-
-    stock = {"visual": {k: v.detach().clone() for k, v in visual.state_dict().items()}} if method.needs_stock() else {}
-    method.setup(MethodContext(model=model, tokenizer=bundle.tokenizer, protos=protos, tau=tau, head=None,
-                               support_features=lambda: (encode_images(visual, pool, bundle.eval_transform,
-                                                                       device=device),
-                                                         torch.as_tensor(pool.labels)),
-                               val_features=None, seed=cfg.seed, log=log))
-    best = BestState(modules, cfg.select)
+    run = _EpisodicRun(bundle, pool, classnames, cfg, ecfg, val, log)
     state_path = Path(out_dir) / STATE_NAME if out_dir else None
-    state = load_or_refuse(state_path, cfg_dict)
-    if state is not None:
-        history, start = restore_state(state, modules=modules, optimizer=opt, scheduler=sched, best=best)
-        log(f"resuming episodic fine-tuning after epoch {start - 1}")
-    else:
-        history, start = [], 1
-        acc0 = val_eval() if val_eval else float("nan")
-        best.offer(0, acc0)  # the encoder as given is a candidate, as in standard fine-tuning
-        if val_eval:
-            log(f"episodic epoch 0 (before fine-tuning)  val {acc0:.2f}%")
+    history, start = run.start(state_path)
     t_start = time.time()
     for epoch in range(start, cfg.epochs + 1):
-        set_train_mode(visual, cfg.freeze_bn)
-        rng = np.random.default_rng(epoch_seed(cfg.seed, epoch))
-        sums: Dict[str, float] = {}
-        for step in range(ecfg.train_episodes):
-            s_idx, q_idx, _ = sampler.sample(rng)
-            x = _episode_batch(pool, np.concatenate([s_idx, q_idx]), tf, epoch_seed(cfg.seed, epoch) + step).to(device)
-            feats = visual(x)  # [n_way * (shot + query), D]
-            feats0 = None
-            if frozen is not None:
-                with torch.no_grad():
-                    feats0 = frozen(x)
-            n_s = len(s_idx)
-            logits = prototype_logits(feats[:n_s], ecfg.n_way, ecfg.train_shot, feats[n_s:], tau)  # [Q, n_way]
-            losses = method.loss(BatchOutputs(feats, feats0, logits, y, protos, tau,
-                                              step_seed=epoch_seed(cfg.seed, epoch) + step))
-            check_finite(float(losses["total"].detach()), f"epoch {epoch}, episode {step + 1}")
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            clip_gradients(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-        acc = val_eval() if val_eval else float("nan")
-        rec = {"epoch": epoch, **{("loss" if k == "total" else f"l_{k}"): v / ecfg.train_episodes
-                                  for k, v in sums.items()}, "val_acc": acc}
-        history.append(rec)
-        kept = best.offer(epoch, acc)
-        terms = "  ".join(f"L_{k} {max(0.0, v / ecfg.train_episodes):.4f}" for k, v in sums.items() if k != "total")
-        log(f"episodic epoch {epoch}/{cfg.epochs}  {terms}  val {acc:.2f}%{'  *' if kept and val_eval else ''}")
+        history.append(run.epoch(epoch))
         if state_path is not None:
-            save_state(state_path, epoch=epoch, modules=modules, optimizer=opt, scheduler=sched, best=best,
-                       history=history, config=cfg_dict)
+            save_state(state_path, epoch=epoch, modules=run.modules, optimizer=run.opt, scheduler=run.sched,
+                       best=run.best, history=history, config=run.cfg_dict)
         if stop_after_epoch is not None and stop_after_epoch <= epoch < cfg.epochs:
             raise KeyboardInterrupt(f"stopped after epoch {epoch} (stop_after_epoch)")
-    best.restore()
-    finished = method.finish(FinishContext(modules=modules, stock=stock, val_accuracy=val_eval, log=log))
-    visual.eval().requires_grad_(False)
-    verdict = selection_status(history, best.epoch, best.initial, ecfg.n_way)
-    line = status_line(verdict)
-    if line:
-        log(line)
-    meta = {"model": bundle.model_name, "pretrained": bundle.pretrained, "dataset": cfg.dataset, "protocol": "episodic",
-            "seed": cfg.seed, "config": cfg_dict, "method": cfg.method,
-            "method_params": jsonable_hparams(cfg.method_hparams()), "history": history, "best_epoch": best.epoch,
-            "best_val_acc": best.score if val_eval else None, "val_acc_epoch0": best.initial if val_eval else None,
-            "selection": verdict["status"], "selection_reason": verdict["reason"], "finish": finished,
-            "encoder_fingerprint": state_fingerprint(visual), "train_seconds": time.time() - t_start,
-            "spc": None if protos.spc is None else {"kept_indices": protos.spc.kept}}
+    meta = run.finish(history, time.time() - t_start)
     if out_dir is not None:
-        save_encoder(visual, Path(out_dir) / WEIGHTS_NAME, meta, {"spurious_prototypes": protos.spur_protos})
+        save_encoder(run.visual, Path(out_dir) / WEIGHTS_NAME, meta, {"spurious_prototypes": run.protos.spur_protos})
         if state_path.exists():
             state_path.unlink()
     return meta
+
+
+class _EpisodicRun:
+    """The phases of :func:`episodic_finetune`: build, start (or resume), epochs, finish."""
+
+    def __init__(self, bundle: ClipBundle, pool: ImageSplit, classnames: Sequence[str], cfg: FinetuneConfig,
+                 ecfg: EpisodicConfig, val: Optional[ImageSplit], log: Callable[[str], None]):
+        self.bundle, self.pool, self.cfg, self.ecfg, self.val, self.log = bundle, pool, cfg, ecfg, val, log
+        self.device = device = resolve_device(cfg.device)
+        model = bundle.model.to(device).eval()
+        self.tau = bundle.logit_scale
+        protos = text_prototypes(bundle, classnames, cfg)
+        self.protos = TextPrototypes(protos.class_protos.to(device), protos.spur_protos.to(device), protos.templates,
+                                     protos.spc)
+        self.method = cfg.create_method()
+        if self.method.needs_head or cfg.head != "fixed":
+            raise ConfigError(f"episodic fine-tuning has no fixed class set for a linear head; method {cfg.method} "
+                              f"with head {cfg.head} cannot run episodically (use head: fixed and a method without "
+                              "a head)")
+        self.visual = visual = model.visual
+        self.frozen = copy.deepcopy(visual).eval().requires_grad_(False) if self.method.uses_frozen() else None
+        for p in model.parameters():
+            p.requires_grad_(False)
+        visual.requires_grad_(True)
+        self.modules = {"visual": visual}
+        self.params = list(visual.parameters())
+        self.opt = make_optimizer(self.params, OptimizerSettings.of(cfg))
+        self.sched = make_schedule(self.opt, cfg.epochs * ecfg.train_episodes, cfg.warmup_iters)
+        self.sampler = EpisodeSampler(pool.labels, ecfg.n_way, ecfg.train_shot, ecfg.train_query, short=ecfg.short)
+        self.y = torch.as_tensor(episode_labels(ecfg.n_way, ecfg.train_query)).to(device)
+        self.tf = bundle.train_transform(scale=cfg.aug_scale)
+        self.cfg_dict = {"finetune": to_dict(cfg), "episodic": to_dict(ecfg)}
+        self.val_eval = self.val_accuracy if val is not None and len(val) and ecfg.val_episodes else None
+        self.stock = {"visual": {k: v.detach().clone() for k, v in visual.state_dict().items()}} \
+            if self.method.needs_stock() else {}
+        self.method.setup(MethodContext(
+            model=model, tokenizer=bundle.tokenizer, protos=self.protos, tau=self.tau, head=None,
+            support_features=lambda: (encode_images(visual, pool, bundle.eval_transform, device=device),
+                                      torch.as_tensor(pool.labels)),
+            val_features=None, seed=cfg.seed, log=log))
+        self.best = BestState(self.modules, cfg.select)
+
+    def val_accuracy(self) -> float:
+        """Mean accuracy of ``val_episodes`` validation episodes with the current encoder."""
+        e = self.ecfg
+        f = encode_images(self.visual, self.val, self.bundle.eval_transform, device=self.device)
+        return evaluate_episodes(f, self.val.labels, e.n_way, e.train_shot, e.query, e.val_episodes, 1, self.cfg.seed,
+                                 short=e.short)[0]
+
+    def start(self, state_path: Optional[Path]) -> Tuple[List[Dict[str, Any]], int]:
+        """Resume from the saved state (same rule as every loop), or offer epoch 0."""
+        state = load_or_refuse(state_path, self.cfg_dict)
+        if state is not None:
+            history, start = restore_state(state, modules=self.modules, optimizer=self.opt, scheduler=self.sched,
+                                           best=self.best)
+            self.log(f"resuming episodic fine-tuning after epoch {start - 1}")
+            return history, start
+        acc0 = self.val_eval() if self.val_eval else float("nan")
+        self.best.offer(0, acc0)  # the encoder as given is a candidate, as in standard fine-tuning
+        if self.val_eval:
+            self.log(f"episodic epoch 0 (before fine-tuning)  val {acc0:.2f}%")
+        return [], 1
+
+    def epoch(self, epoch: int) -> Dict[str, Any]:
+        """``train_episodes`` episodes, then validation and best-state keeping; the epoch's record."""
+        cfg, ecfg, device = self.cfg, self.ecfg, self.device
+        set_train_mode(self.visual, cfg.freeze_bn)
+        rng = np.random.default_rng(epoch_seed(cfg.seed, epoch))
+        sums: Dict[str, float] = {}
+        for step in range(ecfg.train_episodes):
+            s_idx, q_idx, _ = self.sampler.sample(rng)
+            seed = epoch_seed(cfg.seed, epoch) + step
+            x = _episode_batch(self.pool, np.concatenate([s_idx, q_idx]), self.tf, seed).to(device)
+            feats = self.visual(x)  # [n_way * (shot + query), D]
+            feats0 = None
+            if self.frozen is not None:
+                with torch.no_grad():
+                    feats0 = self.frozen(x)
+            n_s = len(s_idx)
+            logits = prototype_logits(feats[:n_s], ecfg.n_way, ecfg.train_shot, feats[n_s:], self.tau)  # [Q, n_way]
+            losses = self.method.loss(BatchOutputs(feats, feats0, logits, self.y, self.protos, self.tau, seed))
+            check_finite(float(losses["total"].detach()), f"epoch {epoch}, episode {step + 1}")
+            self.opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            clip_gradients(self.params, cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / ecfg.train_episodes
+        acc = self.val_eval() if self.val_eval else float("nan")
+        kept = self.best.offer(epoch, acc)
+        terms = "  ".join(f"L_{k} {max(0.0, v):.4f}" for k, v in sums.items() if k != "total")
+        self.log(f"episodic epoch {epoch}/{cfg.epochs}  {terms}  val {acc:.2f}%{'  *' if kept and self.val_eval else ''}")
+        return {"epoch": epoch, **{("loss" if k == "total" else f"l_{k}"): v for k, v in sums.items()}, "val_acc": acc}
+
+    def finish(self, history: List[Dict[str, Any]], seconds: float) -> Dict[str, Any]:
+        """Restore the kept epoch, the method's finishing step, the verdict; the sidecar."""
+        self.best.restore()
+        finished = self.method.finish(FinishContext(modules=self.modules, stock=self.stock,
+                                                    val_accuracy=self.val_eval, log=self.log))
+        self.visual.eval().requires_grad_(False)
+        verdict = selection_status(history, self.best.epoch, self.best.initial, self.ecfg.n_way)
+        line = status_line(verdict)
+        if line:
+            self.log(line)
+        cfg, b, protos = self.cfg, self.bundle, self.protos
+        return {"model": b.model_name, "pretrained": b.pretrained, "dataset": cfg.dataset, "protocol": "episodic",
+                "seed": cfg.seed, "config": self.cfg_dict, "method": cfg.method,
+                "method_params": jsonable_hparams(cfg.method_hparams()), "history": history,
+                "best_epoch": self.best.epoch, "best_val_acc": self.best.score if self.val_eval else None,
+                "val_acc_epoch0": self.best.initial if self.val_eval else None, "selection": verdict["status"],
+                "selection_reason": verdict["reason"], "finish": finished,
+                "encoder_fingerprint": state_fingerprint(self.visual), "train_seconds": seconds,
+                "spc": None if protos.spc is None else {"kept_indices": protos.spc.kept}}
 
 
 def run_episodic(runner) -> Any:

@@ -490,6 +490,18 @@ def _wrong_width(env):
     return _raises(lambda: adapter.predict(torch.zeros(2, 5)))
 
 
+@case("E51")
+def _unknown_method(env):
+    _no_model_load(env)
+    return _cli(finetune_main, env.base + ["--method", "wise"], env.capsys)
+
+
+@case("E52")
+def _unknown_method_param(env):
+    _no_model_load(env)
+    return _cli(finetune_main, env.base + ["--method", "wise-ft", "--method-params", "alpha=0.5"], env.capsys)
+
+
 class Env:
     pass
 

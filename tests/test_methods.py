@@ -216,7 +216,7 @@ def test_wise_chooses_a_on_validation_ties_to_the_smaller_a():
     with torch.no_grad():
         lin.weight.fill_(1.0)
     # validation score rises with a up to 0.5, then stays flat: ties keep 0.5
-    ctx = FinishContext({"lin": lin}, stock, val_accuracy=lambda: min(float(lin.weight[0, 0]), 0.5) * 100, log=_quiet)
+    ctx = FinishContext({"lin": lin}, stock, val_accuracy=lambda: min(float(lin.weight[0, 0].detach()), 0.5) * 100, log=_quiet)
     info = wise_finish({"wise_a": None, "wise_grid": [1.0, 0.5, 0.0, 0.75]}, ctx)
     assert info["wise_a"] == 0.5 and info["chosen_on"] == "validation" and not info["kept_stock"]
     assert list(info["wise_val_acc"]) == ["0", "0.5", "0.75", "1"]
@@ -538,3 +538,22 @@ def test_bench_runs_several_methods_with_their_own_rows(tiny_model_name, tmp_pat
         build_config(BenchConfig, {"methods": ["wise-ft"], "method_params": {"wise-ft": {"a": 1}}})
     with pytest.raises(PluginError, match="unknown method 'nope'"):
         build_config(BenchConfig, {"methods": ["nope"]})
+
+
+def test_the_documented_method_plugin_runs(site, tiny_model_name, task):
+    """docs/plugins.md §8's example, taken from the page, installed as a fake distribution."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    source = page.split('```python\n"""feat-anchor')[1].split("```")[0]
+    site.add("fdalign-anchor", {"fdalign.methods": {"feat-anchor": "fdalign_anchor"}},
+             {"fdalign_anchor": '"""feat-anchor' + source})
+    assert "[fdalign-anchor]" in plugins.format_listing()
+    ds, split = task
+    lines = []
+    res = finetune(_fresh(tiny_model_name), split.support, ds.classnames,
+                   _cfg(tiny_model_name, method="feat-anchor", method_params={"mu": 0.5}), val=split.val,
+                   progress=False, log=lines.append)
+    assert any("L_anchor" in line for line in lines)
+    h = res.history[-1]
+    assert h["loss"] == pytest.approx(h["l_class"] + 0.5 * h["l_anchor"], rel=1e-5) and h["l_anchor"] > 0
