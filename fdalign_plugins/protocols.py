@@ -296,14 +296,20 @@ def run_episodic(runner) -> Any:
                                                 sort_keys=True, default=str).encode()).hexdigest()[:10]
                 d = runner.out / "encoders" / f"episodic-seed{seed}-{key}"
                 if cfg.encoder:
-                    load_encoder_into(bundle.model, cfg.encoder)
+                    meta = load_encoder_into(bundle.model, cfg.encoder)
                 elif (d / WEIGHTS_NAME).is_file():
-                    load_encoder_into(bundle.model, d)
+                    meta = load_encoder_into(bundle.model, d)
                 else:
                     runner.log(f"  episodic FD-Align fine-tuning on {ds.name} base classes -> {d}")
-                    episodic_finetune(bundle, ds.train, ds.classnames, fcfg, ecfg, val=ds.val, out_dir=d,
-                                      log=lambda s: runner.log("    " + s))
+                    meta = episodic_finetune(bundle, ds.train, ds.classnames, fcfg, ecfg, val=ds.val, out_dir=d,
+                                             log=lambda s: runner.log("    " + s))
                     runner.summary.finetuned += 1
+                verdict = {"selection": meta.get("selection", "ok"), "selection_reason": meta.get("selection_reason", "")}
+                if verdict["selection"] != "ok":
+                    runner.summary.flagged.append(f"episodic seed {seed}: {verdict['selection']} "
+                                                  f"({verdict['selection_reason']})")
+            else:
+                verdict = {}
             visual = bundle.model.visual.to(runner.device)
             fp = state_fingerprint(visual)
             feats = {n: cache.features(visual, fp, p, bundle.eval_transform, desc=f"{enc} {n}") for n, p in pools.items()}
@@ -319,7 +325,7 @@ def run_episodic(runner) -> Any:
                        "selection": "fixed",  # cosine prototypes choose nothing
                        "encoder_source": (f"{bundle.model_name}/{bundle.pretrained or 'none'}" if enc == ENCODER_CLIP
                                           else str(cfg.encoder or "fine-tuned")),
-                       "versions": _versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                       "versions": _versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **verdict}
                 if is_main():
                     results.append(rec)
                 runner.summary.written += 1

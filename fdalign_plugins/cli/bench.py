@@ -19,7 +19,8 @@ FLAG_KEYS = {
     "cache_dir": "cache_dir", "protocol": "protocol", "methods": "methods",
 }
 #: flag dest -> FinetuneConfig key (shortcuts into the config's ``finetune:`` section)
-FINETUNE_FLAGS = {"epochs": "epochs", "lr": "lr", "beta": "beta", "kl_direction": "kl_direction"}
+FINETUNE_FLAGS = {"epochs": "epochs", "lr": "lr", "beta": "beta", "kl_direction": "kl_direction",
+                  "warmup_iters": "warmup_iters", "grad_clip": "grad_clip"}
 
 
 def build_parser() -> OneLineParser:
@@ -59,6 +60,9 @@ def build_parser() -> OneLineParser:
     a("--lr", metavar="LR", help="FD-Align learning rate (overrides finetune.lr)")
     a("--beta", metavar="B", help="weight of the spurious KL (overrides finetune.beta)")
     a("--kl-direction", metavar="D", help="overview (KL(P_ft||P_0), default) or reference (KL(P_0||P_ft))")
+    a("--warmup-iters", metavar="N", help="linear LR warm-up iterations of fine-tuning (overrides finetune.warmup_iters)")
+    a("--grad-clip", metavar="G", help="clip fine-tuning's global gradient norm to G; 0 = off "
+      "(overrides finetune.grad_clip)")
     a("--shard", metavar="i/n", help="run only shard i of n (0 <= i < n) of the (seed, shots, encoder) work items; "
       "writes results-shard<i>of<n>.jsonl (merge with --report)")
     a("--protocol", metavar="P", help="standard (select on held-out validation, default) or reference (the released "
