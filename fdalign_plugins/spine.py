@@ -41,6 +41,9 @@ EXECUTION_KEYS = frozenset({"device", "workers", "amp"})
 STATE_FORMAT = 2
 #: Accuracy points below the untrained state at which validation calls a run collapsed.
 COLLAPSE_DROP = 10.0
+#: How far (a fraction of ``log C``) the class loss must rise over the first epoch's, past
+#: ``log C``, to call a run collapsed: noise around ``log C`` (an untrained model) is not a collapse.
+LOSS_RISE = 0.05
 #: The verdicts of :func:`selection_status`.
 STATUSES = ("ok", "rejected", "collapsed")
 
@@ -286,7 +289,8 @@ def selection_status(history: Sequence[Mapping[str, Any]], best_epoch: Optional[
     """Whether a finished run did its job, for the screen, the checkpoint and the table.
 
     * ``collapsed``: the class loss rose above ``log C`` (worse than a uniform guess)
-      from below it in the first epoch, or is not finite, or the best trained epoch's
+      from below it in the first epoch, by more than :data:`LOSS_RISE` ``· log C``, or
+      is not finite, or the best trained epoch's
       validation accuracy is more than :data:`COLLAPSE_DROP` points below the
       untrained state's ``val0`` (a model that starts above ``log C``, e.g. a randomly
       initialised one, is judged by validation alone);
@@ -306,7 +310,7 @@ def selection_status(history: Sequence[Mapping[str, Any]], best_epoch: Optional[
     log_c = math.log(max(num_classes, 2))
     if history:
         first, last = float(history[0]["l_class"]), float(history[-1]["l_class"])
-        if not math.isfinite(last) or first <= log_c < last:
+        if not math.isfinite(last) or (first <= log_c < last and last - first > LOSS_RISE * log_c):
             reasons.append(f"the class loss rose to {last:.3f} (epoch 1: {first:.3f}), above log C = {log_c:.3f}")
         vals = [float(h["val_acc"]) for h in history if h.get("val_acc") == h.get("val_acc")]
         if vals and val0 == val0 and max(vals) < val0 - COLLAPSE_DROP:
