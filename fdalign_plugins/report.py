@@ -67,14 +67,14 @@ def summarise(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Dict[s
             adapters[ds].append(r["adapter"])
         if r["encoder"] not in encoders:
             encoders.append(r["encoder"])
-        if r.get("selection") in MARKS:
-            flags[(ds, r["adapter"], r["encoder"], int(r["shots"]))][r["selection"]] += 1
         if r.get("error") or not r.get("acc"):  # a plugin that raised: a marked cell, never a missing one
             failed[(ds, r["adapter"], r["encoder"], int(r["shots"]))] += 1
             continue
         policies = selection[ds].setdefault(r["adapter"], [])
         if r.get("selection", "unrecorded") not in policies:
             policies.append(r.get("selection", "unrecorded"))
+        if r.get("selection") in MARKS:  # the fine-tuning verdict of the encoder behind this value
+            flags[(ds, r["adapter"], r["encoder"], int(r["shots"]))][r["selection"]] += 1
         for ev, v in r["acc"].items():
             if ev not in evals[ds]:
                 evals[ds].append(ev)
