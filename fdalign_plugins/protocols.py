@@ -35,7 +35,7 @@ from .models import ClipBundle, state_fingerprint
 from .prompts import normalise
 from .spine import (
     BestState, OptimizerSettings, check_finite, clip_gradients, load_or_refuse, make_optimizer, make_schedule,
-    restore_state, save_state, selection_status, status_line,
+    restore_state, run_verdict, save_state, status_line,
 )
 from .trainer import TextPrototypes, encode_images, epoch_seed, resolve_device, set_train_mode, text_prototypes
 
@@ -248,7 +248,7 @@ class _EpisodicRun:
         finished = self.method.finish(FinishContext(modules=self.modules, stock=self.stock,
                                                     val_accuracy=self.val_eval, log=self.log))
         self.visual.eval().requires_grad_(False)
-        verdict = selection_status(history, self.best.epoch, self.best.initial, self.ecfg.n_way)
+        verdict = run_verdict(history, self.best.epoch, self.best.initial, self.ecfg.n_way)
         line = status_line(verdict)
         if line:
             self.log(line)
@@ -257,8 +257,8 @@ class _EpisodicRun:
                 "seed": cfg.seed, "config": self.cfg_dict, "method": cfg.method,
                 "method_params": jsonable_hparams(cfg.method_hparams()), "history": history,
                 "best_epoch": self.best.epoch, "best_val_acc": self.best.score if self.val_eval else None,
-                "val_acc_epoch0": self.best.initial if self.val_eval else None, "selection": verdict["status"],
-                "selection_reason": verdict["reason"], "finish": finished,
+                "val_acc_epoch0": self.best.initial if self.val_eval else None, "finetune_verdict": verdict["status"],
+                "finetune_verdict_reason": verdict["reason"], "finish": finished,
                 "encoder_fingerprint": state_fingerprint(self.visual), "train_seconds": seconds,
                 "spc": None if protos.spc is None else {"kept_indices": protos.spc.kept}}
 
@@ -304,10 +304,11 @@ def run_episodic(runner) -> Any:
                     meta = episodic_finetune(bundle, ds.train, ds.classnames, fcfg, ecfg, val=ds.val, out_dir=d,
                                              log=lambda s: runner.log("    " + s))
                     runner.summary.finetuned += 1
-                verdict = {"selection": meta.get("selection", "ok"), "selection_reason": meta.get("selection_reason", "")}
-                if verdict["selection"] != "ok":
-                    runner.summary.flagged.append(f"episodic seed {seed}: {verdict['selection']} "
-                                                  f"({verdict['selection_reason']})")
+                verdict = {"finetune_verdict": meta.get("finetune_verdict", "ok"),
+                           "finetune_verdict_reason": meta.get("finetune_verdict_reason", "")}
+                if verdict["finetune_verdict"] != "ok":
+                    runner.summary.flagged.append(f"episodic seed {seed}: {verdict['finetune_verdict']} "
+                                                  f"({verdict['finetune_verdict_reason']})")
             else:
                 verdict = {}
             visual = bundle.model.visual.to(runner.device)

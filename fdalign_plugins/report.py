@@ -27,7 +27,7 @@ SELECTION_MEANING = {"val": "few-shot validation split", "fixed": "nothing chose
 ENCODER_SUFFIX = {"clip": "", "fdalign": " + FD-Align", "finetune": " + FT"}
 ZERO_SHOT_ROWS = {"clip": "CLIP (zero-shot)", "fdalign": "FD-Align", "finetune": "Full fine-tuning"}
 ENCODER_ORDER = ["clip", "fdalign", "finetune"]
-#: Cell marks of the fine-tuning verdicts (``selection`` in the records), with their legend.
+#: Cell marks of the fine-tuning verdicts (``finetune_verdict`` in the records), with their legend.
 MARKS = {"rejected": "†", "collapsed": "‡"}
 LEGEND = ("† validation rejected fine-tuning (no epoch beat the stock encoder, which was kept: Δ = 0 is not a result); "
           "‡ fine-tuning collapsed (validation far below the stock encoder, or class loss above log C); "
@@ -73,8 +73,8 @@ def summarise(records: Iterable[Dict[str, Any]]) -> Dict[Tuple[str, str], Dict[s
         policies = selection[ds].setdefault(r["adapter"], [])
         if r.get("selection", "unrecorded") not in policies:
             policies.append(r.get("selection", "unrecorded"))
-        if r.get("selection") in MARKS:  # the fine-tuning verdict of the encoder behind this value
-            flags[(ds, r["adapter"], r["encoder"], int(r["shots"]))][r["selection"]] += 1
+        if r.get("finetune_verdict") in MARKS:  # the fine-tuning verdict of the encoder behind this value
+            flags[(ds, r["adapter"], r["encoder"], int(r["shots"]))][r["finetune_verdict"]] += 1
         for ev, v in r["acc"].items():
             if ev not in evals[ds]:
                 evals[ds].append(ev)

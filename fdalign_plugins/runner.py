@@ -282,12 +282,12 @@ class Runner:
                 self.summary.finetuned += 1
         if is_main():
             link_into(self.out, d)
-        status = meta.get("selection", "ok")
+        status = meta.get("finetune_verdict", "ok")
         if status != "ok":
-            self.summary.flagged.append(f"{tag} {shots}-shot seed {seed}: {status} ({meta.get('selection_reason')})")
+            self.summary.flagged.append(f"{tag} {shots}-shot seed {seed}: {status} ({meta.get('finetune_verdict_reason')})")
         extra = {"encoder_source": "fine-tuned", "finetune": to_dict(fcfg), "method": method,
-                 "method_params": meta.get("method_params"), "selection": status,
-                 "selection_reason": meta.get("selection_reason", ""), "best_epoch": meta.get("best_epoch")}
+                 "method_params": meta.get("method_params"), "finetune_verdict": status,
+                 "finetune_verdict_reason": meta.get("finetune_verdict_reason", ""), "best_epoch": meta.get("best_epoch")}
         return bundle, extra
 
     def _user_encoder(self) -> ClipBundle:

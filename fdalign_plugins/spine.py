@@ -16,7 +16,7 @@ in what a batch is; they share, from here:
   :class:`~fdalign_plugins.errors.TrainingError`;
 * **one optimizer factory** (:func:`make_optimizer`) and **one LR-schedule factory**
   (:func:`make_schedule`: linear warm-up, then cosine to 0, stepped per iteration);
-* **the verdict on a finished run** (:func:`selection_status`): ``ok``, ``rejected``
+* **the verdict on a finished run** (:func:`run_verdict`): ``ok``, ``rejected``
   (validation kept the untrained state) or ``collapsed`` (validation fell far below the
   untrained state, or the class loss ended above ``log C``, the loss of a uniform guess).
 """
@@ -44,7 +44,7 @@ COLLAPSE_DROP = 10.0
 #: How far (a fraction of ``log C``) the class loss must rise over the first epoch's, past
 #: ``log C``, to call a run collapsed: noise around ``log C`` (an untrained model) is not a collapse.
 LOSS_RISE = 0.05
-#: The verdicts of :func:`selection_status`.
+#: The verdicts of :func:`run_verdict`.
 STATUSES = ("ok", "rejected", "collapsed")
 
 
@@ -284,7 +284,7 @@ def clip_gradients(params: Sequence[nn.Parameter], max_norm: float) -> None:
 # --------------------------------------------------------------------------- verdict
 
 
-def selection_status(history: Sequence[Mapping[str, Any]], best_epoch: Optional[int], val0: float,
+def run_verdict(history: Sequence[Mapping[str, Any]], best_epoch: Optional[int], val0: float,
                      num_classes: int) -> Dict[str, Any]:
     """Whether a finished run did its job, for the screen, the checkpoint and the table.
 

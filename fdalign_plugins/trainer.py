@@ -53,7 +53,7 @@ from .plugins import get_method_spec
 from .prompts import normalise
 from .spine import (
     BestState, OptimizerSettings, check_finite, clip_gradients, make_optimizer, make_schedule, read_state,
-    restore_state, save_state, selection_status, status_line,
+    restore_state, run_verdict, save_state, status_line,
 )
 
 STATE_NAME = "train_state.pt"
@@ -279,7 +279,7 @@ class FinetuneResult:
         protos: the text prototypes used.
         checkpoint: the written ``encoder.safetensors`` (if ``out_dir`` was given).
         metadata: the sidecar content.
-        selection: ``ok``, ``rejected`` or ``collapsed`` (:func:`fdalign_plugins.spine.selection_status`).
+        verdict: ``ok``, ``rejected`` or ``collapsed`` (:func:`fdalign_plugins.spine.run_verdict`).
     """
 
     visual: nn.Module
@@ -289,7 +289,7 @@ class FinetuneResult:
     protos: TextPrototypes
     checkpoint: Optional[Path] = None
     metadata: Dict[str, Any] = field(default_factory=dict)
-    selection: str = "ok"
+    verdict: str = "ok"
 
 
 def _clone_state(modules: Dict[str, nn.Module]) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -524,7 +524,7 @@ class _FineTuning:
             modules=self.modules, stock=self.stock, log=self.say,
             val_accuracy=self.val_accuracy if self.val_x is not None else None))
         self.visual.eval().requires_grad_(False)
-        self.verdict = selection_status(self.history, self.best.epoch, self.best.initial, len(self.classnames))
+        self.verdict = run_verdict(self.history, self.best.epoch, self.best.initial, len(self.classnames))
         if self.verdict["status"] == "ok" and self.finished.get("kept_stock") and \
                 self.finished.get("chosen_on") == "validation":
             self.verdict = {"status": "rejected", "reason": "WiSE chose a = 0 on validation: the stock encoder was kept"}
@@ -550,7 +550,7 @@ class _FineTuning:
             "history": self.history, "best_epoch": self.best.epoch,
             "best_val_acc": self.best.score if self.val_x is not None else None,
             "val_acc_epoch0": self.best.initial if self.val_x is not None else None,
-            "selection": self.verdict["status"], "selection_reason": self.verdict["reason"], "finish": self.finished,
+            "finetune_verdict": self.verdict["status"], "finetune_verdict_reason": self.verdict["reason"], "finish": self.finished,
             "logit_scale": self.tau, "image_size": self.bundle.image_size,
             "encoder_fingerprint": state_fingerprint(self.visual), "train_seconds": time.time() - self.t_start,
             "package_version": __version__,

@@ -22,7 +22,7 @@ from fdalign_plugins.method_api import BatchOutputs, FinishContext, interpolate_
 from fdalign_plugins.methods.fd_align import TextPrototypes
 from fdalign_plugins.models import load_clip
 from fdalign_plugins.plugins import get_plugin_manager
-from fdalign_plugins.spine import BestState, check_finite, config_diff, selection_status
+from fdalign_plugins.spine import BestState, check_finite, config_diff, run_verdict
 from fdalign_plugins.trainer import finetune
 
 BUILTIN_METHODS = ["fd-align", "full-ft", "lipsum-ft", "lp-ft", "wise-ft"]
@@ -297,7 +297,7 @@ def test_episodic_and_standard_paths_share_the_selection_rule(tiny_model_name, t
                    log=_quiet)
     meta = _episodic(_fresh(tiny_model_name), episodic_pool, cfg)
     assert res.best_epoch == meta["best_epoch"] == 0
-    assert res.selection == meta["selection"] == "rejected"
+    assert res.verdict == meta["finetune_verdict"] == "rejected"
     assert meta["val_acc_epoch0"] == meta["best_val_acc"]
 
 
@@ -333,23 +333,23 @@ def test_episodic_and_standard_paths_share_the_resume_rule(tiny_model_name, task
 # ----------------------------------------------------------------------- verdicts
 
 
-def test_selection_status_rules():
+def test_run_verdict_rules():
     h = [{"l_class": 0.5, "val_acc": 70.0}, {"l_class": 0.4, "val_acc": 72.0}]
-    assert selection_status(h, 2, 65.0, 10)["status"] == "ok"
-    assert selection_status(h, 0, 75.0, 10)["status"] == "rejected"
+    assert run_verdict(h, 2, 65.0, 10)["status"] == "ok"
+    assert run_verdict(h, 0, 75.0, 10)["status"] == "rejected"
     high = [{"l_class": 1.5, "val_acc": 70.0}, {"l_class": 2.5, "val_acc": 70.0}]
-    v = selection_status(high, 1, 65.0, 10)  # log 10 = 2.303
+    v = run_verdict(high, 1, 65.0, 10)  # log 10 = 2.303
     assert v["status"] == "collapsed" and "rose to 2.500 (epoch 1: 1.500), above log C = 2.303" in v["reason"]
-    v = selection_status(high, 0, 75.0, 10)
+    v = run_verdict(high, 0, 75.0, 10)
     assert v["status"] == "collapsed" and v["reason"].endswith("validation kept the untrained state")
     # noise around log C is no collapse; a model that starts above log C (random init) is judged by validation alone
-    assert selection_status([{"l_class": 2.29, "val_acc": 70.0}, {"l_class": 2.33, "val_acc": 70.0}], 1, 65.0,
+    assert run_verdict([{"l_class": 2.29, "val_acc": 70.0}, {"l_class": 2.33, "val_acc": 70.0}], 1, 65.0,
                             10)["status"] == "ok"
-    assert selection_status([{"l_class": 2.5, "val_acc": 70.0}] * 2, 1, 65.0, 10)["status"] == "ok"
-    assert selection_status([{"l_class": float("nan"), "val_acc": 70.0}], 1, 65.0, 10)["status"] == "collapsed"
+    assert run_verdict([{"l_class": 2.5, "val_acc": 70.0}] * 2, 1, 65.0, 10)["status"] == "ok"
+    assert run_verdict([{"l_class": float("nan"), "val_acc": 70.0}], 1, 65.0, 10)["status"] == "collapsed"
     fell = [{"l_class": 0.5, "val_acc": 50.0}, {"l_class": 0.5, "val_acc": 54.9}]
-    assert selection_status(fell, 0, 65.0, 10)["status"] == "collapsed"  # more than 10 points below epoch 0
-    assert selection_status([{"l_class": 0.5, "val_acc": 55.0}], 0, 65.0, 10)["status"] == "rejected"
+    assert run_verdict(fell, 0, 65.0, 10)["status"] == "collapsed"  # more than 10 points below epoch 0
+    assert run_verdict([{"l_class": 0.5, "val_acc": 55.0}], 0, 65.0, 10)["status"] == "rejected"
 
 
 def test_rejection_is_on_screen_and_in_the_checkpoint(tiny_model_name, task, tmp_path):
@@ -357,10 +357,10 @@ def test_rejection_is_on_screen_and_in_the_checkpoint(tiny_model_name, task, tmp
     lines = []
     res = finetune(_fresh(tiny_model_name), split.support, ds.classnames, _cfg(tiny_model_name, lr=0.0),
                    val=split.val, out_dir=tmp_path / "r", progress=False, log=lines.append)
-    assert res.selection == "rejected"
+    assert res.verdict == "rejected"
     assert any(line.startswith("VALIDATION REJECTED FINE-TUNING: no epoch beat") for line in lines)
     meta = json.loads((tmp_path / "r" / "encoder.json").read_text())
-    assert meta["selection"] == "rejected" and meta["best_epoch"] == 0 and meta["method"] == "fd-align"
+    assert meta["finetune_verdict"] == "rejected" and meta["best_epoch"] == 0 and meta["method"] == "fd-align"
     assert meta["method_params"] == {"alpha": 1.0, "beta": 1.0, "kl_direction": "overview"}
 
 
@@ -369,7 +369,7 @@ def test_table_marks_rejected_and_collapsed_cells():
 
     def rec(enc, seed, acc, sel=None):
         r = {"dataset": "w", "adapter": "zero-shot", "encoder": enc, "shots": 4, "seed": seed, "acc": {"test": acc}}
-        return {**r, "selection": sel} if sel else r
+        return {**r, "finetune_verdict": sel} if sel else r
 
     records = [rec("clip", s, 60.0) for s in (1, 2)] + [rec("fdalign", 1, 60.0, "rejected"),
                                                          rec("fdalign", 2, 61.0, "ok"),
@@ -529,7 +529,7 @@ def test_bench_runs_several_methods_with_their_own_rows(tiny_model_name, tmp_pat
                                                            for e in ("clip", "fdalign", "wise-ft")}
     wise = [r for r in recs if r["encoder"] == "wise-ft"][0]
     assert wise["method"] == "wise-ft" and wise["method_params"]["wise_a"] == 0.5
-    assert wise["selection"] in ("ok", "rejected", "collapsed") and "finetune" in wise
+    assert wise["finetune_verdict"] in ("ok", "rejected", "collapsed") and "finetune" in wise
     text = render_text(summarise(recs))
     for row in ("CLIP (zero-shot)", "FD-Align", "wise-ft", "Tip + FD-Align", "Tip + wise-ft", "Δ FD-Align",
                 "Δ wise-ft"):

@@ -137,7 +137,7 @@ def _run(args) -> int:
         extra_metadata={"support_indices": split.support_indices, "val_indices": split.val_indices},
     )
     if main_rank:
-        flag = "" if res.selection == "ok" else f"; {res.selection.upper()}: {res.metadata['selection_reason']}"
+        flag = "" if res.verdict == "ok" else f"; {res.verdict.upper()}: {res.metadata['finetune_verdict_reason']}"
         print(f"checkpoint: {res.checkpoint} (method {cfg.method}, best epoch {res.best_epoch}{flag}, "
               f"sidecar {res.checkpoint.with_suffix('.json')})")
     return 0
