@@ -374,7 +374,7 @@ class FDAlignPluginManager(pluggy.PluginManager):
             lines.append(f"  {m.name:<{width}}  {m.summary}  [{m.distribution}]")
             params = [f"{k}={v!r}" for k, v in m.defaults.items()]
             if m.reads:
-                params.append(f"and the fine-tuning config's {', '.join(m.reads)}")
+                params.append(f"{'and ' if params else ''}the fine-tuning config's {', '.join(m.reads)}")
             if params:
                 lines.append(f"  {'':<{width}}    hyper-parameters: {', '.join(params)}")
         if not methods:
