@@ -290,12 +290,20 @@ class Runner:
                  "finetune_verdict_reason": meta.get("finetune_verdict_reason", ""), "best_epoch": meta.get("best_epoch")}
         return bundle, extra
 
-    def _user_encoder(self) -> ClipBundle:
+    def _user_encoder(self) -> Tuple[ClipBundle, Dict[str, Any]]:
+        """The ``--encoder`` checkpoint, and the record fields that describe it (its method and verdict)."""
         bundle = load_clip(self.cfg.model, self.cfg.pretrained, device=self.device)
         meta = load_encoder_into(bundle.model, self.cfg.encoder)
         self.log(f"  using FD-Align encoder {self.cfg.encoder} (trained on {meta.get('dataset')}, "
                  f"{meta.get('shots')}-shot, seed {meta.get('seed')})")
-        return bundle
+        extra: Dict[str, Any] = {"encoder_source": str(self.cfg.encoder)}
+        if meta.get("finetune_verdict"):  # written by this version: its verdict marks the table too
+            extra.update({k: meta.get(k) for k in ("method", "method_params", "finetune_verdict",
+                                                   "finetune_verdict_reason", "best_epoch")})
+            if meta["finetune_verdict"] != "ok":
+                self.summary.flagged.append(f"--encoder {self.cfg.encoder}: {meta['finetune_verdict']} "
+                                            f"({meta.get('finetune_verdict_reason')})")
+        return bundle, extra
 
     # ------------------------------------------------------------------ features
     def _features(self, cache: FeatureCache, bundle: ClipBundle, ds: FewShotDataset, split, ood: Dict[str, Any],
@@ -441,7 +449,7 @@ class Runner:
                     if enc == ENCODER_CLIP:
                         bundle, extra = stock, {"encoder_source": f"{stock.model_name}/{stock.pretrained or 'none'}"}
                     elif enc == ENCODER_FDALIGN and cfg.encoder:
-                        bundle, extra = self._user_encoder(), {"encoder_source": str(cfg.encoder)}
+                        bundle, extra = self._user_encoder()
                     else:
                         beta = 0.0 if enc == ENCODER_FINETUNE else None
                         bundle, extra = self._finetuned(ds, split, shots, seed, beta, enc,

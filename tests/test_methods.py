@@ -559,3 +559,23 @@ def test_the_documented_method_plugin_runs(site, tiny_model_name, task):
     assert any("L_anchor" in line for line in lines)
     h = res.history[-1]
     assert h["loss"] == pytest.approx(h["l_class"] + 0.5 * h["l_anchor"], rel=1e-5) and h["l_anchor"] > 0
+
+
+def test_a_user_checkpoint_brings_its_verdict_into_the_records_and_table(tiny_model_name, task, tmp_path):
+    from fdalign_plugins.report import render_text, summarise
+    from fdalign_plugins.results import read_results
+    from fdalign_plugins.runner import BenchConfig, Runner
+
+    from test_bench import SMALL
+
+    ds, split = task
+    finetune(_fresh(tiny_model_name), split.support, ds.classnames, _cfg(tiny_model_name, lr=0.0), val=split.val,
+             out_dir=tmp_path / "ckpt", progress=False, log=_quiet)  # rejected: no epoch beats epoch 0
+    cfg = build_config(BenchConfig, {**SMALL, "model": tiny_model_name, "pretrained": "none", "adapters": ["zero-shot"],
+                                     "shots": [1], "encoder": str(tmp_path / "ckpt"), "cache_dir": str(tmp_path / "s")})
+    runner = Runner(cfg, tmp_path / "run", log=_quiet)
+    runner.run()
+    fd = [r for r in read_results(tmp_path / "run") if r["encoder"] == "fdalign"][0]
+    assert fd["finetune_verdict"] == "rejected" and fd["method"] == "fd-align" and fd["best_epoch"] == 0
+    assert any(line.startswith("--encoder ") and ": rejected (" in line for line in runner.summary.flagged)
+    assert "†" in render_text(summarise(read_results(tmp_path / "run")))
