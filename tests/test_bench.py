@@ -50,7 +50,7 @@ def test_cli_end_to_end_table_and_jsonl(small_config, tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     text = captured.out
-    for title in ("world — in-distribution test", "world — OOD: sketch", "world — OOD: resampled"):
+    for title in ("world — in-distribution test", "world — OOD: decorrelated", "world — OOD: sketch"):
         assert title in text
     for row in ("CLIP (zero-shot)", "FD-Align", "Tip ", "Tip + FD-Align", "Tip-F ", "Tip-F + FD-Align", "Δ FD-Align"):
         assert row in text
@@ -60,7 +60,7 @@ def test_cli_end_to_end_table_and_jsonl(small_config, tmp_path, capsys):
     assert len(recs) == 3 * 2 * 2  # (zero-shot, tip, tip-f) x (clip, fdalign) x shots
     assert len({record_key(r) for r in recs}) == len(recs)
     for r in recs:
-        assert set(r["acc"]) == {"test", "sketch", "resampled"}
+        assert set(r["acc"]) == {"test", "decorrelated", "sketch"}
         assert all(0.0 <= v <= 100.0 for v in r["acc"].values())
         assert r["config"]["adapters"] == ["tip", "tip-f"] and "torch" in r["versions"]
     tip = [r for r in recs if r["adapter"] == "tip"][0]

@@ -7,9 +7,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hashlib  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
-import time  # noqa: E402
+import sys  # noqa: E402
 from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -22,12 +24,29 @@ from fdalign_plugins.world.dataset import (  # noqa: E402
     build_world_dataset,
     cache_key,
     generate_split,
+    split_plan,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_tool(name: str, path: Path):
+    """Import a script of ``tools/`` or ``benchmarks/`` (they are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def pretrain_tool():
+    return _load_tool("world_pretrain", ROOT / "tools" / "world_pretrain.py")
 
 #: Zero-shot top-1 (%) of the shipped model on the fixed sample of
 #: ``test_shipped_model_zero_shot_floor``, measured when the weights were made, minus a
 #: margin for numerical noise across platforms. Update it with the weights.
-SHIPPED_SAMPLE_ACC = 67.5
+SHIPPED_SAMPLE_ACC = 69.7
 ZERO_SHOT_FLOOR = SHIPPED_SAMPLE_ACC - 8.0
 
 
@@ -109,14 +128,42 @@ def test_split_sizes_styles_and_no_overlap(tmp_path):
         assert len(split) == 4 * n
         assert np.array_equal(np.bincount(split.labels), [n] * 4)
         assert {gen.STYLE_NAMES[s] for s in split.styles} <= set(gen.ID_STYLES)
-    assert set(ds.ood) == {"sketch", "resampled"}
+    assert set(ds.ood) == {"decorrelated", "sketch"}
     assert {gen.STYLE_NAMES[s] for s in ds.ood["sketch"].styles} == set(gen.SKETCH_STYLES)
-    assert {gen.STYLE_NAMES[s] for s in ds.ood["resampled"].styles} <= set(gen.ID_STYLES)
+    assert {gen.STYLE_NAMES[s] for s in ds.ood["decorrelated"].styles} <= set(gen.ID_STYLES)
     assert all(len(s) == 16 for s in ds.ood.values())
     # every image has its own random stream: no image appears in two splits
-    hashes = [_rows(s.images) for s in (ds.train, ds.val, ds.test, ds.ood["sketch"], ds.ood["resampled"])]
+    hashes = [_rows(s.images) for s in (ds.train, ds.val, ds.test, ds.ood["sketch"], ds.ood["decorrelated"])]
     assert sum(len(h) for h in hashes) == len(set().union(*hashes))
     assert len(set(SPLIT_STREAMS.values())) == len(SPLIT_STREAMS)
+
+
+def test_each_context_is_preferred_by_four_classes():
+    prefs = Counter(gen.preferred_context(c) for c in range(len(gen.CLASSNAMES)))
+    assert set(prefs) == set(gen.ID_STYLES)
+    assert set(prefs.values()) == {len(gen.CLASSNAMES) // len(gen.ID_STYLES)}
+
+
+def test_context_is_correlated_with_class_in_distribution_and_not_in_decorrelated():
+    """Counted from the split plans (labels, styles) of 1 000 images per class."""
+    n, C, K = 1000, len(gen.CLASSNAMES), len(gen.ID_STYLES)
+    for split in ("train", "val", "test"):
+        labels, styles = split_plan(split, C, n, seed=0)
+        pref = np.array([gen.style_index(gen.preferred_context(c)) for c in labels])
+        hit = (styles == pref).reshape(C, n).mean(1)  # [C] share of preferred context per class
+        assert np.all(np.abs(hit - gen.CONTEXT_PROB) < 0.06), (split, hit.min(), hit.max())
+        # the marginal over contexts stays uniform: each context 1/8 of the images
+        share = np.bincount(styles, minlength=len(gen.STYLE_NAMES))[[gen.style_index(s) for s in gen.ID_STYLES]]
+        assert np.all(np.abs(share / len(styles) - 1 / K) < 0.01), (split, share)
+        # a non-preferred image shows each other context about equally often
+        other = styles[styles != pref]
+        counts = np.bincount(other, minlength=len(gen.STYLE_NAMES))[[gen.style_index(s) for s in gen.ID_STYLES]]
+        assert counts.min() > 0.8 * counts.mean()
+    labels, styles = split_plan("decorrelated", C, 16, seed=0)
+    for c in range(C):  # every class shows every context exactly twice
+        assert np.array_equal(np.sort(np.bincount(styles[labels == c], minlength=len(gen.STYLE_NAMES))[
+            [gen.style_index(s) for s in gen.ID_STYLES]]), [2] * K)
+    assert set(gen.STYLE_NAMES[s] for s in split_plan("sketch", C, 6, seed=0)[1]) == set(gen.SKETCH_STYLES)
 
 
 def test_split_does_not_depend_on_other_split_sizes(tmp_path):
@@ -177,19 +224,15 @@ def test_shipped_weights_are_small_and_described():
     assert meta["sha256"] == hashlib.sha256(WEIGHTS_FILE.read_bytes()).hexdigest()
 
 
-def test_shipped_model_loads_offline_fast():
-    import open_clip  # noqa: F401  (import time is not load time)
-
+def test_shipped_model_loads_offline():
+    # (load time is a benchmark figure, not a test: benchmarks/bench_main.py prints it)
     from fdalign_plugins.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_clip
 
     assert (DEFAULT_MODEL, DEFAULT_PRETRAINED) == ("fdalign-world-tiny", "world")
-    load_clip("fdalign-world-tiny", "world")  # registers; first call may compile regexes etc.
-    t0 = time.perf_counter()
     bundle = load_clip("fdalign-world-tiny", "world")
-    assert time.perf_counter() - t0 < 2.0
     assert bundle.image_size == gen.IMAGE_SIZE
     assert all(p.dtype == torch.float32 for p in bundle.model.parameters())
-    assert 1.0 < bundle.logit_scale <= 100.0
+    assert 99.0 < bundle.logit_scale < 100.1  # tau = 100, as CLIP's; log(100) stored in fp16 reads back as 100.03
 
 
 def test_shipped_model_zero_shot_floor(tmp_path):
@@ -211,10 +254,10 @@ def test_shipped_model_zero_shot_floor(tmp_path):
 # --------------------------------------------------------------------- pretraining
 
 
-def test_pretraining_lowers_the_loss_and_saves_loadable_weights(tmp_path):
+def test_pretraining_lowers_the_loss_and_saves_loadable_weights(tmp_path, pretrain_tool):
     import open_clip
 
-    from fdalign_plugins.world.pretrain import PretrainConfig, pretrain, save_weights
+    PretrainConfig, pretrain, save_weights = pretrain_tool.PretrainConfig, pretrain_tool.pretrain, pretrain_tool.save_weights
 
     cfg = PretrainConfig(per_pair=2, num_classes=4, batch_size=32, max_steps=24, log_every=6, warmup_steps=2,
                          text_warmup_steps=6, lr=2e-3)
@@ -231,11 +274,12 @@ def test_pretraining_lowers_the_loss_and_saves_loadable_weights(tmp_path):
             assert torch.allclose(a, b, atol=1e-2 * (1 + a.abs().max().item())), k
 
 
-def test_caption_sampler_names_the_class_and_matches_the_style():
+def test_caption_sampler_names_the_class_and_matches_the_style(pretrain_tool):
     import open_clip
 
     from fdalign_plugins.world.model import register
-    from fdalign_plugins.world.pretrain import CaptionSampler
+
+    CaptionSampler = pretrain_tool.CaptionSampler
 
     register()
     tok = open_clip.get_tokenizer("fdalign-world-tiny")
@@ -249,3 +293,47 @@ def test_caption_sampler_names_the_class_and_matches_the_style():
     assert dark_t & set(gen.STYLE_BY_NAME["dark photo"].templates) and dark_t & set(gen.NEUTRAL_TEMPLATES)
     assert sketch_t <= set(gen.STYLE_BY_NAME["sketch"].templates) | set(gen.BARE_TEMPLATES)
     assert all("{}" in t for t in s.templates)
+
+
+def test_caption_swap_names_the_pair_partner_only(pretrain_tool):
+    import open_clip
+
+    from fdalign_plugins.world.model import register
+
+    register()
+    tok = open_clip.get_tokenizer("fdalign-world-tiny")
+    names = list(gen.CLASSNAMES)
+    circle, ring, house = names.index("circle"), names.index("ring"), names.index("house")
+    labels = np.array([circle] * 4000 + [house] * 1000)
+    rng = np.random.default_rng(0)
+    never = pretrain_tool.CaptionSampler(tok, names, 0.5, 0.25, caption_swap=0.0).caption_labels(labels, rng)
+    assert np.array_equal(never, labels)
+    always = pretrain_tool.CaptionSampler(tok, names, 0.5, 0.25, caption_swap=1.0).caption_labels(labels, rng)
+    assert set(always[:4000]) == {ring} and set(always[4000:]) == {house}  # house is in no pair
+    some = pretrain_tool.CaptionSampler(tok, names, 0.5, 0.25, caption_swap=0.3).caption_labels(labels, rng)
+    assert abs((some[:4000] == ring).mean() - 0.3) < 0.03 and set(some[4000:]) == {house}
+    assert all(a in names and b in names for a, b in gen.CONFUSABLE_PAIRS)
+    flat = [c for pair in gen.CONFUSABLE_PAIRS for c in pair]
+    assert len(flat) == len(set(flat))  # a class belongs to at most one pair
+
+
+def test_corpus_has_fewer_sketches_and_batches_see_them_as_rarely(pretrain_tool):
+    corpus = pretrain_tool.build_caption_corpus(seed=0, per_pair=5, num_classes=2, sketch_per_pair=1,
+                                                styles=["photo", "painting", "sketch"])
+    counts = Counter(gen.STYLE_NAMES[s] for s in corpus.styles)
+    assert counts == {"photo": 10, "painting": 10, "sketch": 2}
+    batches = pretrain_tool.StratifiedBatches(corpus.labels, corpus.styles, batch_size=2, rng=np.random.default_rng(0))
+    seen = Counter(gen.STYLE_NAMES[corpus.styles[i]] for _ in range(1100) for i in batches.next())
+    assert abs(seen["sketch"] / seen["photo"] - 0.2) < 0.05  # drawn in proportion to the corpus
+
+
+def test_cheap_fidelity_gates_pass_on_the_shipped_model():
+    """Gates G1 (zero-shot sketch/ID ratio) and G7 (style readable from P_spurious) of
+    benchmarks/world_quality.py, on the shipped weights and the default world."""
+    from fdalign_plugins.models import load_clip
+
+    wq = _load_tool("world_quality", ROOT / "benchmarks" / "world_quality.py")
+    bundle = load_clip("fdalign-world-tiny", "world")
+    res = wq.cheap_measures(bundle, build_world_dataset(seed=0))
+    failed = [name for name, gate in wq.CHEAP_GATES.items() if not gate(res)]
+    assert not failed, (failed, res["zero_shot"]["acc"], res["style"])

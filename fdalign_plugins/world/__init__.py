@@ -9,7 +9,8 @@ images of it and shipped as package data. It is the default dataset and model of
 * :mod:`~fdalign_plugins.world.generator`: classes, styles, nuisance, rendering.
 * :mod:`~fdalign_plugins.world.dataset`: :func:`build_world_dataset` (cached splits).
 * :mod:`~fdalign_plugins.world.model`: the ``fdalign-world-tiny`` config and weights.
-* :mod:`~fdalign_plugins.world.pretrain`: the caption corpus and contrastive pretraining.
+* ``tools/world_pretrain.py`` (outside the package): the caption corpus and the
+  contrastive pretraining that built the shipped weights.
 
 The names below are re-exported lazily; nothing heavy is imported with the package.
 """
@@ -20,7 +21,8 @@ from typing import Any
 
 _EXPORTS = {
     "build_world_dataset": "dataset", "default_cache_dir": "dataset",
-    "CLASSNAMES": "generator", "GENERATOR_VERSION": "generator", "ID_STYLES": "generator",
+    "CLASSNAMES": "generator", "CONFUSABLE_PAIRS": "generator", "CONTEXT_PROB": "generator",
+    "GENERATOR_VERSION": "generator", "ID_STYLES": "generator", "preferred_context": "generator",
     "IMAGE_SIZE": "generator", "SKETCH_STYLES": "generator", "STYLE_NAMES": "generator", "STYLES": "generator",
     "WORLD_TEMPLATES": "generator", "render_image": "generator",
 }

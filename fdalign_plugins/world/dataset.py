@@ -1,15 +1,19 @@
 """Benchmark splits of the synthetic world, as a :class:`FewShotDataset`.
 
-* ``train`` / ``val`` / ``test``: the in-distribution domain, the photo-like styles of
-  :data:`~fdalign_plugins.world.generator.ID_STYLES` under the in-distribution nuisance.
+* ``train`` / ``val`` / ``test``: the in-distribution domain, the photo contexts of
+  :data:`~fdalign_plugins.world.generator.ID_STYLES`, *correlated with the class*: an
+  image shows its class's preferred context
+  (:func:`~fdalign_plugins.world.generator.preferred_context`) with probability
+  :data:`~fdalign_plugins.world.generator.CONTEXT_PROB`, otherwise one of the other
+  contexts uniformly, as ImageNet's classes come with their typical scenes.
+* ``ood["decorrelated"]``: the same photo domain with the context independent of the
+  class (contexts cycle within each class): what a model that learned the context
+  shortcut loses.
 * ``ood["sketch"]``: the sketch family (sketch, drawing, doodle), never in few-shot
-  training: the ImageNet-Sketch analogue.
-* ``ood["resampled"]``: the in-distribution styles again, with shifted nuisance
-  distributions and another seed: the ImageNet-V2 analogue.
+  training, no context: the ImageNet-Sketch analogue.
 
 Every image has its own random stream ``(seed, split stream, index)``, so splits never
-share an image, and a split is the same whatever the sizes of the other splits. Styles
-cycle per class, so each class sees every style of its domain equally often.
+share an image, and a split is the same whatever the sizes of the other splits.
 Generated arrays are cached on disk as one ``.npz`` per (generator version, seed,
 sizes), written atomically.
 """
@@ -29,13 +33,14 @@ from ..errors import ConfigError
 from .generator import (
     CLASSNAMES,
     GENERATOR_VERSION,
+    CONTEXT_PROB,
     ID_NUISANCE,
     ID_STYLES,
     IMAGE_SIZE,
-    RESAMPLED_NUISANCE,
     SKETCH_STYLES,
     WORLD_TEMPLATES,
     Nuisance,
+    preferred_context,
     render_many,
     style_index,
 )
@@ -50,17 +55,19 @@ DEFAULT_TEST_PER_CLASS = 100
 DEFAULT_OOD_PER_CLASS = 100
 
 #: Random stream of each split (part of every image's seed).
-SPLIT_STREAMS: Dict[str, int] = {"train": 1, "val": 2, "test": 3, "sketch": 4, "resampled": 5}
-#: The resampled split is drawn with ``seed + RESAMPLED_SEED_OFFSET`` (a different seed).
-RESAMPLED_SEED_OFFSET = 7919
+SPLIT_STREAMS: Dict[str, int] = {"train": 1, "val": 2, "test": 3, "sketch": 4, "decorrelated": 6}
+#: Stream of the context draws of the correlated splits (offset from the split's stream).
+CONTEXT_STREAM_OFFSET = 100
 
-_SPLIT_DOMAINS: Dict[str, Tuple[Tuple[str, ...], Nuisance]] = {
-    "train": (ID_STYLES, ID_NUISANCE),
-    "val": (ID_STYLES, ID_NUISANCE),
-    "test": (ID_STYLES, ID_NUISANCE),
-    "sketch": (SKETCH_STYLES, ID_NUISANCE),
-    "resampled": (ID_STYLES, RESAMPLED_NUISANCE),
+#: (styles, nuisance, context correlated with the class?) of each split.
+_SPLIT_DOMAINS: Dict[str, Tuple[Tuple[str, ...], Nuisance, bool]] = {
+    "train": (ID_STYLES, ID_NUISANCE, True),
+    "val": (ID_STYLES, ID_NUISANCE, True),
+    "test": (ID_STYLES, ID_NUISANCE, True),
+    "decorrelated": (ID_STYLES, ID_NUISANCE, False),
+    "sketch": (SKETCH_STYLES, ID_NUISANCE, False),
 }
+OOD_SPLITS: Tuple[str, ...] = ("decorrelated", "sketch")
 
 
 def default_cache_dir() -> Path:
@@ -69,18 +76,25 @@ def default_cache_dir() -> Path:
     return (Path(env).expanduser() if env else Path.home() / ".cache" / "fdalign") / "world"
 
 
-def split_plan(split: str, num_classes: int, per_class: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Labels and style indices of a split, class-major: ``([N], [N])`` int64."""
-    styles = [style_index(s) for s in _SPLIT_DOMAINS[split][0]]
+def split_plan(split: str, num_classes: int, per_class: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Labels and style indices of a split, class-major: ``([N], [N])`` int64.
+
+    Correlated splits draw each image's context from its own stream: the class's
+    preferred context with probability :data:`CONTEXT_PROB`, else one of the others
+    uniformly. Decorrelated splits cycle the contexts within each class, so every class
+    shows every context equally often.
+    """
+    domain, _, correlated = _SPLIT_DOMAINS[split]
+    styles = np.asarray([style_index(s) for s in domain], dtype=np.int64)
     labels = np.repeat(np.arange(num_classes, dtype=np.int64), per_class)
     k = np.tile(np.arange(per_class, dtype=np.int64), num_classes)
-    style = np.asarray(styles, dtype=np.int64)[(k + labels) % len(styles)]
-    return labels, style
-
-
-def split_seed(split: str, seed: int) -> int:
-    """The seed a split is drawn with (the resampled split uses a different one)."""
-    return seed + RESAMPLED_SEED_OFFSET if split == "resampled" else seed
+    if not correlated:
+        return labels, styles[(k + labels) % len(styles)]
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), SPLIT_STREAMS[split] + CONTEXT_STREAM_OFFSET]))
+    preferred = np.asarray([domain.index(preferred_context(c)) for c in range(num_classes)], dtype=np.int64)[labels]
+    keep = rng.random(len(labels)) < CONTEXT_PROB
+    other = (preferred + 1 + rng.integers(0, len(styles) - 1, len(labels))) % len(styles)  # never the preferred
+    return labels, styles[np.where(keep, preferred, other)]
 
 
 def generate_split(split: str, *, seed: int = 0, num_classes: int = len(CLASSNAMES), per_class: int,
@@ -93,8 +107,8 @@ def generate_split(split: str, *, seed: int = 0, num_classes: int = len(CLASSNAM
     """
     if split not in _SPLIT_DOMAINS:
         raise ConfigError(f"unknown world split {split!r}; valid: {', '.join(_SPLIT_DOMAINS)}")
-    labels, styles = split_plan(split, num_classes, per_class)
-    images = render_many(labels, styles, seed=split_seed(split, seed), stream=SPLIT_STREAMS[split],
+    labels, styles = split_plan(split, num_classes, per_class, seed)
+    images = render_many(labels, styles, seed=seed, stream=SPLIT_STREAMS[split],
                          nuisance=_SPLIT_DOMAINS[split][1], size=image_size)
     return images, labels, styles
 
@@ -102,7 +116,7 @@ def generate_split(split: str, *, seed: int = 0, num_classes: int = len(CLASSNAM
 def cache_key(seed: int, num_classes: int, sizes: Dict[str, int], image_size: int) -> str:
     """File name of a cached world: everything that changes its content is in it."""
     per = "-".join(f"{k}{sizes[k]}" for k in sorted(sizes))
-    return f"world-g{GENERATOR_VERSION}-seed{seed}-c{num_classes}-{per}-px{image_size}.npz"
+    return f"world-g{GENERATOR_VERSION}-p{CONTEXT_PROB:g}-seed{seed}-c{num_classes}-{per}-px{image_size}.npz"
 
 
 def _atomic_savez(path: Path, arrays: Dict[str, np.ndarray]) -> None:
@@ -153,12 +167,12 @@ def build_world_dataset(
         seed: world seed (every image is a function of it, the split and its index).
         num_classes: use the first ``num_classes`` classes (default: all 32).
         train_per_class / val_per_class / test_per_class: in-distribution split sizes.
-        ood_per_class: size of each OOD split (``sketch`` and ``resampled``) per class.
+        ood_per_class: size of each OOD split (``decorrelated`` and ``sketch``) per class.
         image_size: image side length in pixels (even).
         cache: read / write the on-disk cache.
 
     Returns:
-        A :class:`FewShotDataset` named ``"world"`` with ``ood={"sketch", "resampled"}``;
+        A :class:`FewShotDataset` named ``"world"`` with ``ood={"decorrelated", "sketch"}``;
         each split is an :class:`ArraySplit` with per-image ``styles``.
     """
     n_all = len(CLASSNAMES)
@@ -168,7 +182,7 @@ def build_world_dataset(
     if image_size < 8 or image_size % 2:
         raise ConfigError(f"world image_size must be an even number >= 8, got {image_size}")
     sizes = {"train": train_per_class, "val": val_per_class, "test": test_per_class,
-             "sketch": ood_per_class, "resampled": ood_per_class}
+             **{k: ood_per_class for k in OOD_SPLITS}}
     bad = {k: v for k, v in sizes.items() if int(v) < 1}
     if bad:
         raise ConfigError(f"world split sizes must be >= 1 per class, got {bad}")
@@ -194,5 +208,5 @@ def build_world_dataset(
         train=mk("train"),
         test=mk("test"),
         val=mk("val"),
-        ood={"sketch": mk("sketch"), "resampled": mk("resampled")},
+        ood={k: mk(k) for k in OOD_SPLITS},
     )

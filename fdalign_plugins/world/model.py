@@ -7,7 +7,8 @@ tokenizer (49 408 tokens, context 24), joint embedding 64. A ResNet rather than 
 because a ViT trained from scratch on this little data, on CPU, barely learns (see
 ``docs/world.md``). The packaged weights
 (``world/weights/fdalign-world-tiny.safetensors``, fp16 on disk, fp32 once loaded) come
-from :mod:`fdalign_plugins.world.pretrain` with seed 0.
+from ``tools/world_pretrain.py`` with seed 0 (the builder lives outside the runtime
+package).
 
 :func:`register` makes the model loadable by name::
 
