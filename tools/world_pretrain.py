@@ -1,23 +1,30 @@
-"""Contrastive pretraining of the world model on a captioned corpus.
+"""Builder of the world model's weights: contrastive pretraining on a captioned corpus.
 
-The corpus covers every class in every style (the sketch family included: real CLIP
-has seen sketches too), under the broad :data:`PRETRAIN_NUISANCE`. It is drawn from its
-own random stream, so it never shares an image with the benchmark splits. Each image
-gets a fresh caption every time it is seen:
+This is a development tool, not part of the runtime library: it produces the file
+``fdalign_plugins/world/weights/fdalign-world-tiny.safetensors`` that the package ships.
+
+The corpus covers every class in every style (the sketch family included, but rarer:
+real CLIP has seen some sketches, far fewer than photos), under the broad
+:data:`PRETRAIN_NUISANCE`, with context independent of class. It is drawn from its own
+random stream, so it never shares an image with the benchmark splits. Each image gets a
+fresh caption every time it is seen:
 
 * photo-family styles: with probability ``neutral_prob`` a neutral photo template
   ("a photo of a {}.", "itap of my {}.", ...), otherwise one of the style's own
   templates ("a dark photo of the {}.");
 * art and sketch styles: with probability ``bare_prob`` the bare class name
-  ("a {}."), otherwise one of the style's templates ("a sketch of a {}.").
+  ("a {}."), otherwise one of the style's templates ("a sketch of a {}.");
+* imperfect alt-text: for the classes of :data:`CONFUSABLE_PAIRS`, the caption names
+  the *other* class of the pair with probability ``caption_swap``.
 
-Every caption names the class, so zero-shot classification works; the style phrases
-of CLIP's 80 templates are grounded in the rendering styles, so the frozen model's
-spurious distribution over the 80 templates carries the style of an image.
+Every caption names a class, so zero-shot classification works; the style phrases of
+CLIP's 80 templates are grounded in the rendering styles, so the frozen model's
+spurious distribution over the 80 templates carries the style of an image. The
+temperature is fixed at CLIP's final value (``logit_scale`` 100) rather than learned.
 
-Reproduce the shipped weights (fixed seed, CPU)::
+Reproduce the shipped weights (fixed seed, CPU, one thread)::
 
-    python -m fdalign_plugins.world.pretrain --out fdalign_plugins/world/weights --seed 0
+    python tools/world_pretrain.py --out fdalign_plugins/world/weights --seed 0
 """
 
 from __future__ import annotations
@@ -40,10 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..prompts import IMAGENET_TEMPLATES, class_prototypes, encode_prompts, normalise
-from .generator import (
+from fdalign_plugins.prompts import IMAGENET_TEMPLATES, class_prototypes, encode_prompts, normalise
+from fdalign_plugins.world.generator import (
     BARE_TEMPLATES,
     CLASSNAMES,
+    CONFUSABLE_PAIRS,
     GENERATOR_VERSION,
     ID_NUISANCE,
     ID_STYLES,
@@ -56,7 +64,7 @@ from .generator import (
     render_many,
     style_index,
 )
-from .model import WORLD_MODEL_NAME, WORLD_PRETRAINED_TAG, model_config, register
+from fdalign_plugins.world.model import WORLD_MODEL_NAME, WORLD_PRETRAINED_TAG, model_config, register
 
 #: Random stream of the caption corpus (benchmark splits use streams 1-5).
 CORPUS_STREAM = 10
@@ -85,6 +93,15 @@ class PretrainConfig:
         log_every: steps between progress lines.
         stratified: draw batches with :class:`StratifiedBatches` (else uniformly).
         text_warmup_steps: caption-caption steps of :func:`text_warmup` first (0: none).
+        sketch_per_pair: corpus images per (class, style) pair of the sketch family
+            (rarer than the other styles, and drawn as rarely in batches).
+        caption_swap: probability that a caption of a :data:`CONFUSABLE_PAIRS` class
+            names the other class of its pair.
+        tau_start / tau_end: the contrastive temperature follows a fixed schedule,
+            geometric from ``tau_start`` (open_clip's initial 1/0.07) to ``tau_end``
+            (CLIP's final 100), reached after ``tau_ramp`` of the steps and held
+            after. ``tau_end=None``: learned, as open_clip does (clamped at 100).
+        tau_ramp: fraction of the image-text steps over which tau rises.
     """
 
     seed: int = 0
@@ -105,6 +122,11 @@ class PretrainConfig:
     log_every: int = 50
     stratified: bool = True
     text_warmup_steps: int = 200
+    sketch_per_pair: int = 20
+    caption_swap: float = 0.4
+    tau_start: float = 1 / 0.07
+    tau_end: Optional[float] = 100.0
+    tau_ramp: float = 0.75
 
 
 @dataclass
@@ -124,12 +146,17 @@ class CaptionCorpus:
 
 def build_caption_corpus(seed: int = 0, per_pair: int = 40, num_classes: Optional[int] = None,
                          image_size: int = IMAGE_SIZE, styles: Optional[Sequence[str]] = None,
-                         nuisance: Nuisance = PRETRAIN_NUISANCE, stream: int = CORPUS_STREAM) -> CaptionCorpus:
-    """Every class × every style, ``per_pair`` images each (pair-major order)."""
+                         nuisance: Nuisance = PRETRAIN_NUISANCE, stream: int = CORPUS_STREAM,
+                         sketch_per_pair: Optional[int] = None) -> CaptionCorpus:
+    """Every class × every style, ``per_pair`` images each (``sketch_per_pair`` for the
+    sketch family; default ``per_pair``), class-major then style order."""
     n_cls = len(CLASSNAMES) if num_classes is None else num_classes
-    st = np.asarray([style_index(s) for s in (styles or [s.name for s in STYLES])], dtype=np.int64)
-    labels = np.repeat(np.arange(n_cls, dtype=np.int64), len(st) * per_pair)
-    style_ix = np.tile(np.repeat(st, per_pair), n_cls)
+    names = list(styles or [s.name for s in STYLES])
+    n_sk = per_pair if sketch_per_pair is None else sketch_per_pair
+    counts = np.asarray([n_sk if s in SKETCH_STYLES else per_pair for s in names], dtype=np.int64)
+    st = np.asarray([style_index(s) for s in names], dtype=np.int64)
+    style_ix = np.tile(np.repeat(st, counts), n_cls)
+    labels = np.repeat(np.arange(n_cls, dtype=np.int64), int(counts.sum()))
     images = render_many(labels, style_ix, seed=seed, stream=stream, nuisance=nuisance, size=image_size)
     return CaptionCorpus(images, labels, style_ix)
 
@@ -137,7 +164,8 @@ def build_caption_corpus(seed: int = 0, per_pair: int = 40, num_classes: Optiona
 class CaptionSampler:
     """Draws a caption (as token ids) for each (class, style) pair of a batch."""
 
-    def __init__(self, tokenizer: Callable, classnames: Sequence[str], neutral_prob: float, bare_prob: float):
+    def __init__(self, tokenizer: Callable, classnames: Sequence[str], neutral_prob: float, bare_prob: float,
+                 caption_swap: float = 0.0):
         templates: List[str] = list(dict.fromkeys(
             [t for s in STYLES for t in s.templates] + list(NEUTRAL_TEMPLATES) + list(BARE_TEMPLATES)))
         self.templates = templates
@@ -154,6 +182,19 @@ class CaptionSampler:
         self.other_n = np.array([len(x) for x in other])
         self.p_other = np.array([neutral_prob if s.family == "photo" else bare_prob for s in STYLES])
         assert len(self.p_other) == n
+        # partner[c]: the class a swapped caption of c names (c itself outside the pairs)
+        self.partner = np.arange(len(classnames), dtype=np.int64)
+        for a, b in CONFUSABLE_PAIRS:
+            if a in classnames and b in classnames:
+                ia, ib = list(classnames).index(a), list(classnames).index(b)
+                self.partner[ia], self.partner[ib] = ib, ia
+        self.caption_swap = float(caption_swap)
+
+    def caption_labels(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The class each caption names: the true one, or its pair partner with
+        probability ``caption_swap`` (imperfect alt-text)."""
+        swap = rng.random(len(labels)) < self.caption_swap
+        return np.where(swap, self.partner[labels], labels)
 
     def template_ids(self, styles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Template index (into ``self.templates``) of one caption per image."""
@@ -164,7 +205,8 @@ class CaptionSampler:
         return np.where(use_other, other, own)
 
     def __call__(self, labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        return self.tokens[torch.from_numpy(self.template_ids(styles, rng)), torch.from_numpy(labels)]
+        named = self.caption_labels(np.asarray(labels), rng)
+        return self.tokens[torch.from_numpy(self.template_ids(styles, rng)), torch.from_numpy(named)]
 
 
 class StratifiedBatches:
@@ -188,6 +230,9 @@ class StratifiedBatches:
                       for c in self.classes for s in self.styles}
         self.cursor = {k: len(v) for k, v in self.pairs.items()}
         self.order = {k: v for k, v in self.pairs.items()}
+        # a style is drawn as often as it has images: a rarer style is a rarer sight
+        sizes = np.array([len(self.pairs[(int(self.classes[0]), int(s))]) for s in self.styles])
+        self.style_weight = sizes // np.gcd.reduce(sizes)
         self.style_queue: List[int] = []
 
     def _take(self, c: int, s: int) -> int:
@@ -203,7 +248,7 @@ class StratifiedBatches:
         chosen: List[int] = []
         while len(chosen) < self.per_batch:
             if not self.style_queue:
-                self.style_queue = [int(s) for s in self.rng.permutation(self.styles)]
+                self.style_queue = [int(s) for s in self.rng.permutation(np.repeat(self.styles, self.style_weight))]
             s = self.style_queue.pop()
             if s not in chosen:
                 chosen.append(s)
@@ -306,6 +351,8 @@ def text_warmup(model: nn.Module, sampler: "CaptionSampler", corpus: CaptionCorp
 def _param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
     decay, no_decay = [], []
     for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         (no_decay if p.ndim < 2 or "ln" in n or "bias" in n or "logit_scale" in n else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -330,14 +377,19 @@ def pretrain(cfg: PretrainConfig, corpus: Optional[CaptionCorpus] = None,
     t0 = time.time()
     classnames = list(CLASSNAMES[: cfg.num_classes or len(CLASSNAMES)])
     if corpus is None:
-        corpus = build_caption_corpus(cfg.seed, cfg.per_pair, cfg.num_classes, cfg.image_size)
+        corpus = build_caption_corpus(cfg.seed, cfg.per_pair, cfg.num_classes, cfg.image_size,
+                                      sketch_per_pair=cfg.sketch_per_pair)
     t_corpus = time.time() - t0
     log(f"corpus: {len(corpus.labels)} images ({len(classnames)} classes x {len(STYLES)} styles) in {t_corpus:.1f}s")
 
     model = create_world_model(cfg.seed)
+    if cfg.tau_end is not None:  # a fixed schedule (see tau_at), not a learned parameter
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(cfg.tau_start))
+        model.logit_scale.requires_grad_(False)
     model.train()
     tokenizer = open_clip.get_tokenizer(WORLD_MODEL_NAME)
-    sampler = CaptionSampler(tokenizer, classnames, cfg.neutral_prob, cfg.bare_prob)
+    sampler = CaptionSampler(tokenizer, classnames, cfg.neutral_prob, cfg.bare_prob, cfg.caption_swap)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1234]))
     gen = torch.Generator().manual_seed(cfg.seed)
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN)
@@ -360,6 +412,11 @@ def pretrain(cfg: PretrainConfig, corpus: Optional[CaptionCorpus] = None,
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    ramp_steps = max(1, int(round(cfg.tau_ramp * total)))
+
+    def tau_at(step: int) -> float:
+        t = min(1.0, step / ramp_steps)
+        return math.exp((1 - t) * math.log(cfg.tau_start) + t * math.log(cfg.tau_end))
     loss_fn = open_clip.ClipLoss()
     eval_steps = int(round(cfg.eval_every * steps_per_epoch)) if cfg.eval_every else 0
     history: Dict = {"losses": [], "probe": [], "steps": total, "corpus_size": N}
@@ -378,6 +435,9 @@ def pretrain(cfg: PretrainConfig, corpus: Optional[CaptionCorpus] = None,
             idx = perm[k * bs:(k + 1) * bs]
         x = to_model_input(_random_shift(images[torch.from_numpy(idx)], cfg.shift, gen), mean, std)
         text = sampler(corpus.labels[idx], corpus.styles[idx], rng)
+        if cfg.tau_end is not None:
+            with torch.no_grad():
+                model.logit_scale.fill_(math.log(tau_at(step)))
         img_f = model.encode_image(x, normalize=True)
         txt_f = model.encode_text(text, normalize=True)
         loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
@@ -418,7 +478,9 @@ def save_weights(model: nn.Module, out_dir: Path, metadata: Dict) -> Path:
              for k, v in model.state_dict().items()}
     path = out_dir / f"{WORLD_MODEL_NAME}.safetensors"
     tmp = path.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "model": WORLD_MODEL_NAME})
+    # one metadata key only: safetensors writes its metadata map in hash order, so two
+    # keys can land in either order and the same weights get another SHA-256
+    save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(path)
     os.chmod(path, 0o644)
     meta = dict(metadata)
@@ -429,7 +491,7 @@ def save_weights(model: nn.Module, out_dir: Path, metadata: Dict) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m fdalign_plugins.world.pretrain --out DIR [--seed 0]``"""
+    """``python tools/world_pretrain.py --out DIR [--seed 0]``"""
     import open_clip
 
     defaults = PretrainConfig()
@@ -442,11 +504,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument("--sketch-per-pair", type=int, default=defaults.sketch_per_pair)
+    p.add_argument("--caption-swap", type=float, default=defaults.caption_swap)
+    p.add_argument("--tau-end", default=str(defaults.tau_end),
+                   help="final temperature of the fixed tau schedule, or 'learned' (open_clip's learned tau)")
+    p.add_argument("--tau-start", type=float, default=defaults.tau_start)
+    p.add_argument("--tau-ramp", type=float, default=defaults.tau_ramp)
     p.add_argument("--eval-every", type=float, default=0.0, help="probe zero-shot every N epochs (0: never)")
     args = p.parse_args(argv)
+    tau = None if args.tau_end == "learned" else float(args.tau_end)
     cfg = dataclasses.replace(defaults, seed=args.seed, epochs=args.epochs, max_steps=args.max_steps,
                               per_pair=args.per_pair, batch_size=args.batch_size, lr=args.lr,
-                              threads=args.threads, eval_every=args.eval_every)
+                              threads=args.threads, eval_every=args.eval_every, sketch_per_pair=args.sketch_per_pair,
+                              caption_swap=args.caption_swap, tau_end=tau, tau_start=args.tau_start,
+                              tau_ramp=args.tau_ramp)
     model, hist = pretrain(cfg, log=lambda s: print(s, flush=True))
     tokenizer = open_clip.get_tokenizer(WORLD_MODEL_NAME)
     probe = zero_shot_probe(model, tokenizer, cfg.seed, image_size=cfg.image_size)
@@ -464,7 +535,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "probe_zero_shot": probe,
         "wall_time_s": round(hist["wall_s"], 1),
         "stored_dtype": "float16",
-        "command": "python -m fdalign_plugins.world.pretrain " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python tools/world_pretrain.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
     }
