@@ -50,16 +50,17 @@ class FinetuneConfig:
     head: str = "fixed"
     # optimisation
     optimizer: str = "sgd"
-    lr: float = 2e-3
+    lr: float = 2e-4
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
     epochs: int = 20
     batch_size: int = 64
     grad_accum: int = 1
-    grad_clip: float = 0.0
+    grad_clip: float = 1.0
     warmup_iters: int = 0
-    aug_scale: Tuple[float, float] = (0.5, 1.0)
+    warmup_epochs: float = 2.0
+    aug_scale: Tuple[float, float] = (0.9, 1.0)
     freeze_bn: bool = True
     val_shots: int = 4
     select: str = "val"
@@ -71,7 +72,8 @@ class FinetuneConfig:
     def validate(self) -> "FinetuneConfig":
         """Check value ranges; raise :class:`ConfigError` naming the key and the fix."""
         _positive(self, "shots", "epochs", "batch_size", "grad_accum")
-        _non_negative(self, "alpha", "beta", "lr", "weight_decay", "grad_clip", "warmup_iters", "workers", "val_shots")
+        _non_negative(self, "alpha", "beta", "lr", "weight_decay", "grad_clip", "warmup_iters", "warmup_epochs", "workers",
+                      "val_shots")
         _choice(self, "kl_direction", ("overview", "reference"))
         _choice(self, "head", ("fixed", "linear"))
         _choice(self, "optimizer", ("sgd", "adamw"))

@@ -35,7 +35,7 @@ from .models import ClipBundle, state_fingerprint
 from .prompts import normalise
 from .spine import (
     BestState, OptimizerSettings, check_finite, clip_gradients, load_or_refuse, make_optimizer, make_schedule,
-    restore_state, run_verdict, save_state, status_line,
+    restore_state, run_verdict, save_state, status_line, warmup_iterations,
 )
 from .trainer import TextPrototypes, encode_images, epoch_seed, resolve_device, set_train_mode, text_prototypes
 
@@ -174,7 +174,8 @@ class _EpisodicRun:
         self.modules = {"visual": visual}
         self.params = list(visual.parameters())
         self.opt = make_optimizer(self.params, OptimizerSettings.of(cfg))
-        self.sched = make_schedule(self.opt, cfg.epochs * ecfg.train_episodes, cfg.warmup_iters)
+        self.sched = make_schedule(self.opt, cfg.epochs * ecfg.train_episodes,
+                                   warmup_iterations(cfg.warmup_iters, cfg.warmup_epochs, ecfg.train_episodes))
         self.sampler = EpisodeSampler(pool.labels, ecfg.n_way, ecfg.train_shot, ecfg.train_query, short=ecfg.short)
         self.y = torch.as_tensor(episode_labels(ecfg.n_way, ecfg.train_query)).to(device)
         self.tf = bundle.train_transform(scale=cfg.aug_scale)

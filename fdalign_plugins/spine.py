@@ -275,6 +275,15 @@ def make_schedule(optimizer: torch.optim.Optimizer, total_iters: int, warmup_ite
     return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(total_iters, warmup_iters, constant_warmup))
 
 
+def warmup_iterations(warmup_iters: int, warmup_epochs: float, iters_per_epoch: int) -> int:
+    """Length of the linear warm-up: ``warmup_iters + round(warmup_epochs * iters_per_epoch)``.
+
+    Epochs keep a warm-up the same share of training at every shot count (a 1-shot run
+    of 32 images has one iteration per epoch, a 16-shot run eight).
+    """
+    return int(warmup_iters) + int(round(float(warmup_epochs) * iters_per_epoch))
+
+
 def clip_gradients(params: Sequence[nn.Parameter], max_norm: float) -> None:
     """Clip the global gradient norm to ``max_norm`` (0 = off)."""
     if max_norm > 0:

@@ -53,7 +53,7 @@ from .plugins import get_method_spec
 from .prompts import normalise
 from .spine import (
     BestState, OptimizerSettings, check_finite, clip_gradients, make_optimizer, make_schedule, read_state,
-    restore_state, run_verdict, save_state, status_line,
+    restore_state, run_verdict, save_state, status_line, warmup_iterations,
 )
 
 STATE_NAME = "train_state.pt"
@@ -368,7 +368,8 @@ class _FineTuning:
         self.batches = math.ceil(len(self.support) / cfg.batch_size)
         self.steps_per_epoch = math.ceil(self.batches / cfg.grad_accum)
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        self.sched = make_schedule(self.opt, self.total_steps, cfg.warmup_iters)
+        self.sched = make_schedule(self.opt, self.total_steps,
+                                   warmup_iterations(cfg.warmup_iters, cfg.warmup_epochs, self.steps_per_epoch))
         self.use_amp = cfg.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.best = BestState(self.modules, cfg.select)

@@ -55,7 +55,8 @@ def test_training_lowers_loss(tiny_model_name, task):
 
 def test_beta_zero_is_plain_cross_entropy_step_for_step(tiny_model_name, task):
     ds, split = task
-    cfg = _cfg(tiny_model_name, beta=0.0, epochs=2, select="last", weight_decay=0.0, nesterov=False, momentum=0.0)
+    cfg = _cfg(tiny_model_name, beta=0.0, epochs=2, select="last", weight_decay=0.0, nesterov=False, momentum=0.0,
+               warmup_epochs=0.0, grad_clip=0.0)
     a = _fresh(tiny_model_name)
     finetune(a, split.support, ds.classnames, cfg, progress=False, log=lambda s: None)
 
