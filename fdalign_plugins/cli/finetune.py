@@ -45,6 +45,7 @@ FLAG_HELP = {
     "grad_accum": ("N", "batches accumulated per optimizer step"),
     "grad_clip": ("NORM", "clip the gradient norm (0 = off)"),
     "warmup_iters": ("N", "linear warm-up steps before the cosine schedule"),
+    "warmup_epochs": ("EPOCHS", "linear warm-up in epochs, added to warmup_iters (the world default: 2)"),
     "aug_scale": ("LO,HI", "two values: the random-resized-crop area range, 0 < LO <= HI <= 1"),
     "freeze_bn": ("BOOL", "keep BatchNorm statistics frozen (ResNets)"),
     "val_shots": ("K", "validation images per class for best-epoch selection (min(K, shots))"),
