@@ -13,9 +13,9 @@ split and the two OOD splits (decorrelated, sketch):
 Every number is top-1 (%) with the text classifier of CLIP's 80 templates; cells are
 mean ± std over the draws; Δ rows are the paired difference to plain fine-tuning on the
 same draw (same support set, same test images), mean ± std. A run whose best epoch on
-validation is 0 (fine-tuning rejected, the stock encoder kept) is marked ``r``, one whose
-class loss ends above log C (worse than chance) is marked ``c`` (collapsed), with the
-count, so no cell hides either.
+validation is 0 (fine-tuning rejected, the stock encoder kept) is marked ``r``, a
+collapsed one ``c`` (the trainer's verdict, :func:`fdalign_plugins.spine.run_verdict`),
+with the count, so no cell hides either.
 Selection (best epoch, WiSE's a is fixed) never looks at a test split.
 
 Run::
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import sys
 import time
@@ -64,13 +63,10 @@ ARMS = (
 REFERENCE = "full FT (beta 0)"
 
 
-def status_of(res, num_classes: int) -> str:
-    """``"r"`` rejected by validation, ``"c"`` collapsed, ``""`` fine."""
-    if res.best_epoch == 0:
-        return "r"
-    if res.history and not res.history[-1]["l_class"] <= math.log(num_classes):
-        return "c"
-    return ""
+def status_of(res) -> str:
+    """``"r"`` rejected by validation, ``"c"`` collapsed, ``""`` fine: the trainer's
+    verdict (:func:`fdalign_plugins.spine.run_verdict`)."""
+    return {"rejected": "r", "collapsed": "c"}.get(res.verdict, "")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -111,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     res = finetune(load_clip("fdalign-world-tiny", args.pretrained), fs.support, ds.classnames, cfg,
                                    val=fs.val, progress=False, log=lambda s: None)
                     trained[label] = res.visual
-                    acc, status, best = evaluate(res.visual), status_of(res, ds.num_classes), res.best_epoch
+                    acc, status, best = evaluate(res.visual), status_of(res), res.best_epoch
                 runs.append({"arm": label, "shots": shots, "seed": seed, "acc": acc, "status": status,
                              "best_epoch": best, "seconds": round(time.time() - t0, 1)})
                 print(f"  {shots:>2}-shot seed {seed} {label:<30} " + "  ".join(f"{k} {v:6.2f}" for k, v in acc.items())

@@ -52,6 +52,7 @@ from fdalign_plugins.adapter_api import FewShotTask  # noqa: E402
 from fdalign_plugins.config import FinetuneConfig  # noqa: E402
 from fdalign_plugins.datasets.base import ArraySplit  # noqa: E402
 from fdalign_plugins.datasets.sampling import few_shot_split  # noqa: E402
+from fdalign_plugins.method_api import interpolate_weights  # noqa: E402
 from fdalign_plugins.models import load_clip  # noqa: E402
 from fdalign_plugins.plugins import create_adapter  # noqa: E402
 from fdalign_plugins.prompts import (  # noqa: E402
@@ -122,14 +123,10 @@ def style_probe_split(seed: int, num_classes: int, per_pair: int, image_size: in
 
 
 def wise_interpolate(zero_shot: torch.nn.Module, fine_tuned: torch.nn.Module, a: float) -> torch.nn.Module:
-    """WiSE-FT (Wortsman et al., CVPR 2022): ``theta = (1 - a) theta_0 + a theta_ft``.
-
-    Floating-point tensors (weights and BatchNorm statistics) are mixed; integer buffers
-    (BatchNorm's step counters) are taken from the fine-tuned model.
-    """
+    """A copy of ``fine_tuned`` with WiSE-FT's weights ``(1 - a) theta_0 + a theta_ft``
+    (:func:`fdalign_plugins.method_api.interpolate_weights`, the ``wise-ft`` method's)."""
     out = copy.deepcopy(fine_tuned)
-    sd0, sd1 = zero_shot.state_dict(), fine_tuned.state_dict()
-    out.load_state_dict({k: (1 - a) * sd0[k] + a * v if v.is_floating_point() else v for k, v in sd1.items()})
+    out.load_state_dict(interpolate_weights(zero_shot.state_dict(), fine_tuned.state_dict(), a))
     return out
 
 
