@@ -238,3 +238,18 @@ def test_fine_tuning_that_never_beats_the_original_is_rejected(tiny_model_name, 
     res = finetune(_fresh(tiny_model_name), split.support, ds.classnames, _cfg(tiny_model_name, epochs=2, lr=0.0,
                    select="last"), val=split.val, progress=False, log=lambda s: None)
     assert res.best_epoch == 2
+
+
+def test_warmup_in_epochs_is_a_share_of_iterations(tiny_model_name, task):
+    """warmup_epochs counts iterations per epoch: with the whole run as warm-up the LR
+    after epoch 1 (s steps) is lr * (s + 1) / (2 s), the linear ramp's value."""
+    import math
+
+    from fdalign_plugins.spine import warmup_iterations
+
+    assert warmup_iterations(0, 2.0, 8) == 16 and warmup_iterations(5, 0.5, 3) == 7 and warmup_iterations(3, 0, 9) == 3
+    ds, split = task
+    cfg = _cfg(tiny_model_name, epochs=2, warmup_epochs=2.0, grad_clip=0.0, select="last")
+    res = finetune(_fresh(tiny_model_name), split.support, ds.classnames, cfg, progress=False, log=lambda s: None)
+    s = math.ceil(len(split.support) / cfg.batch_size)
+    assert res.history[0]["lr"] == pytest.approx(cfg.lr * (s + 1) / (2 * s))
