@@ -502,6 +502,47 @@ def _unknown_method_param(env):
     return _cli(finetune_main, env.base + ["--method", "wise-ft", "--method-params", "alpha=0.5"], env.capsys)
 
 
+@case("E53")
+def _duplicate_plugin_name(env):
+    from fdalign_plugins import plugins
+    from test_plugins import DUPLICATE_TIP, FakeSite
+
+    env.monkeypatch.delenv(plugins.NO_EXTERNAL_ENV, raising=False)
+    site = FakeSite(env.tmp / "site", env.monkeypatch)
+    site.add("copycat", {"fdalign.adapters": {"tip2": "tp_copycat"}}, {"tp_copycat": DUPLICATE_TIP})
+    plugins.reset_plugin_manager()
+    try:
+        assert bench_main(["--list"]) == 0  # --list keeps working
+        return env.capsys.readouterr().out
+    finally:
+        site.cleanup()
+        plugins.reset_plugin_manager()
+
+
+@case("E54")
+def _plugin_raises_in_fit(env):
+    import fdalign_plugins.plugins as plugins
+
+    real = plugins.create_adapter
+
+    def raising(name, **hp):
+        ad = real(name, **hp)
+        if name == "tip":
+            def fit(task):
+                raise FDAlignError("the plugin's own error")
+            ad.fit = fit
+        return ad
+
+    env.monkeypatch.setattr(plugins, "create_adapter", raising)
+    cfg = _yaml(env, "dataset_options: {num_classes: 3, train_per_class: 3, val_per_class: 2, test_per_class: 2, "
+                     "ood_per_class: 2, image_size: 32}\nencoders: [clip]\nviews: 1\n")
+    rc = bench_main(["--config", cfg, "--model", env.model, "--pretrained", "none", "--adapter", "tip", "--shots",
+                     "1", "--out", str(env.out), "--quiet"])
+    captured = env.capsys.readouterr()
+    assert rc == 1 and "Traceback" not in captured.err and "FAILED" in captured.out  # the cell is marked
+    return captured.err
+
+
 class Env:
     pass
 
