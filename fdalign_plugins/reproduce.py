@@ -73,7 +73,7 @@ def load_table(path: Path) -> Dict[str, Any]:
 
 
 def run_table(spec: Dict[str, Any], out: Path, overrides: List[Optional[Mapping[str, Any]]],
-              log: Callable[[str], None] = print, progress: bool = False) -> Dict[str, List[Dict[str, Any]]]:
+              log: Callable[[str], None] = print, progress: Any = False) -> Dict[str, List[Dict[str, Any]]]:
     """Run every run of a table (resuming what is done); return the records per run."""
     from .results import read_results
     from .runner import BenchConfig, Runner

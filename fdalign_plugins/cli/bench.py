@@ -73,7 +73,7 @@ def build_parser() -> OneLineParser:
       "each came from")
     a("--report", nargs="*", metavar="RESULTS", help="rebuild tables and plot from results.jsonl file(s)/folder(s) "
       "without computing; with no paths, from the run folder the same command computes into (--out or its default)")
-    a("--quiet", action="store_true", help="no progress bars or per-record lines")
+    a("--quiet", action="store_true", help="no progress bars or lines, no per-record lines (failures are still printed)")
     return p
 
 
@@ -196,6 +196,7 @@ def _run(args) -> int:
 
 def _reproduce(args) -> int:
     from ..checkpoint import atomic_write_bytes
+    from ..progress import cli_progress
     from ..config import read_yaml
     from ..reproduce import find_table, header, load_table, run_table, side_by_side
 
@@ -212,7 +213,7 @@ def _reproduce(args) -> int:
         flags["ood"] = []
     out = Path(args.out) if args.out else Path("runs") / f"reproduce-{path.stem}"
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    records = run_table(spec, out, [yaml_layer, flags], log=log, progress=not args.quiet and sys.stderr.isatty())
+    records = run_table(spec, out, [yaml_layer, flags], log=log, progress=cli_progress(args.quiet))
     text, md = side_by_side(spec, records)
     head = header(spec, records)
     print(head + "\n\n" + text, end="")
