@@ -20,7 +20,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -290,13 +290,19 @@ def load_clip(
     )
 
 
-def state_fingerprint(module: nn.Module) -> str:
+def state_fingerprint(module: nn.Module, exclude: Sequence[str] = ()) -> str:
     """SHA-256 (first 16 hex digits) over a module's parameters and buffers, by name.
 
     Used to key feature caches: any change to the weights changes the fingerprint.
+
+    Args:
+        module: the module.
+        exclude: state-dict key prefixes left out (e.g. ``("visual.",)`` for the text side).
     """
     h = hashlib.sha256()
     for key, tensor in sorted(module.state_dict().items()):
+        if exclude and key.startswith(tuple(exclude)):
+            continue
         t = tensor.detach().to("cpu").contiguous()
         h.update(key.encode())
         h.update(str(tuple(t.shape)).encode())

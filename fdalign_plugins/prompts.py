@@ -161,16 +161,35 @@ def encode_prompts(
 ) -> torch.Tensor:
     """Normalised text embeddings of every (template, class) prompt.
 
+    Computed without gradients. The text tower never changes during a benchmark, while
+    every fine-tuning run and the classifier ask for the same prompts again: results are
+    memoised in this process, keyed by the weights of everything but the image encoder
+    and by the prompts.
+
     Returns:
         Tensor ``[M, C, D]`` (M templates, C classes), each row L2-normalised.
     """
+    from .models import state_fingerprint
+
     prompts = [t.format(c) for t in templates for c in classnames]
     device = next(model.parameters()).device
+    key = (state_fingerprint(model, exclude=("visual.",)), tuple(prompts), str(device), batch_size)
+    if key in _PROMPT_MEMO:
+        return _PROMPT_MEMO[key].clone()
     feats = []
-    for i in range(0, len(prompts), batch_size):
-        tokens = tokenizer(prompts[i:i + batch_size]).to(device)
-        feats.append(normalise(model.encode_text(tokens).float()))
-    return torch.cat(feats).view(len(templates), len(classnames), -1)
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch_size):
+            tokens = tokenizer(prompts[i:i + batch_size]).to(device)
+            feats.append(normalise(model.encode_text(tokens).float()))
+    out = torch.cat(feats).view(len(templates), len(classnames), -1)
+    if len(_PROMPT_MEMO) >= 8:
+        _PROMPT_MEMO.pop(next(iter(_PROMPT_MEMO)))
+    _PROMPT_MEMO[key] = out
+    return out.clone()
+
+
+#: encode_prompts results of this process (oldest first).
+_PROMPT_MEMO: Dict[tuple, torch.Tensor] = {}
 
 
 def class_prototypes(prompt_feats: torch.Tensor) -> torch.Tensor:

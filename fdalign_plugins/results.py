@@ -2,6 +2,9 @@
 
 Appends are durable (write, flush, fsync). A line torn by a kill mid-write is detected
 on the next open and cut off with a warning, so the file only ever holds whole records.
+
+What varies between two runs of the same command (wall times, the clock) is not part of
+a record: it goes, keyed like the record, to ``timings.jsonl`` next to it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from .errors import DataError, FDAlignError
 
@@ -58,13 +61,24 @@ def _warn_dropped(path: Path, records: List[Dict[str, Any]], good: int, action: 
         )
 
 
+def timings_path(results_path: Path) -> Path:
+    """``timings.jsonl`` (``timings-shard<i>of<n>.jsonl``) next to a results file."""
+    return results_path.with_name(results_path.name.replace("results", "timings", 1))
+
+
 def read_results(paths: Union[str, Path, Iterable[Union[str, Path]]]) -> List[Dict[str, Any]]:
     """Records of results files or run folders (all ``results*.jsonl`` in a folder, i.e.
     every shard), merged; the last copy of each key wins, except that an error record
     never replaces a finished one."""
+    return [rec for rec, _ in read_results_located(paths)]
+
+
+def read_results_located(paths: Union[str, Path, Iterable[Union[str, Path]]]) -> List[Tuple[Dict[str, Any], Path]]:
+    """Like :func:`read_results`, each record with the folder of its results file (where
+    the paths it holds, e.g. its predictions file, are relative to)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    merged: Dict[RecordKey, Dict[str, Any]] = {}
+    merged: Dict[RecordKey, Tuple[Dict[str, Any], Path]] = {}
     for p in paths:
         p = Path(p)
         files = sorted(p.glob("results*.jsonl")) if p.is_dir() else [p]
@@ -74,9 +88,9 @@ def read_results(paths: Union[str, Path, Iterable[Union[str, Path]]]) -> List[Di
             recs, good = _parse(f)
             _warn_dropped(f, recs, good, "ignored")
             for rec in recs:
-                if record_key(rec) in merged and rec.get("error") and not merged[record_key(rec)].get("error"):
+                if record_key(rec) in merged and rec.get("error") and not merged[record_key(rec)][0].get("error"):
                     continue  # a failed retry never hides a finished record
-                merged[record_key(rec)] = rec
+                merged[record_key(rec)] = (rec, f.parent)
     return list(merged.values())
 
 
@@ -101,8 +115,14 @@ class ResultsFile:
     def __contains__(self, key: RecordKey) -> bool:
         return key in self.done
 
-    def append(self, rec: Dict[str, Any]) -> None:
-        """Append one record durably; a key already present is not written twice."""
+    def append(self, rec: Dict[str, Any], timing: Optional[Dict[str, Any]] = None) -> None:
+        """Append one record durably; a key already present is not written twice.
+
+        Args:
+            rec: the record.
+            timing: wall times and the clock of this record, appended to
+                ``timings.jsonl`` (no fsync: losing one costs nothing).
+        """
         key = record_key(rec)
         if key in self.done:
             return
@@ -112,6 +132,9 @@ class ResultsFile:
                 fh.write(line.encode())
                 fh.flush()
                 os.fsync(fh.fileno())
+            if timing is not None:
+                with open(timings_path(self.path), "a") as fh:
+                    fh.write(json.dumps({"key": list(key), **timing}, sort_keys=True) + "\n")
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise FDAlignError(

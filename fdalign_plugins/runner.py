@@ -6,7 +6,12 @@ user's); extract features with the stock and fine-tuned encoders (test, OOD sets
 few-shot validation, ``V`` augmented views of the support set) through the on-disk
 cache; build the text classifier; fit each adapter (it searches on validation) and
 evaluate on test and OOD sets. Every finished (dataset, adapter, encoder, shots, seed)
-appends one record to ``results.jsonl``; a re-run skips what is there.
+appends one record to ``results.jsonl`` and writes its test predictions under
+``predictions/``; a re-run skips what is there.
+
+A record depends only on the command, the thread count and the platform it stores
+(``platform``): wall times go to ``timings.jsonl`` instead, so the same command with the
+same thread count on the same machine writes byte-identical records.
 """
 
 from __future__ import annotations
@@ -26,18 +31,20 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from . import __version__
+from . import predictions as preds_io
 from .checkpoint import WEIGHTS_NAME, load_encoder_into, read_encoder
 from .config import FinetuneConfig, build_config, coerce_layer, to_dict
 from .datasets import check_images, drop_unreadable, few_shot_split, load_dataset
 from .datasets.base import FewShotDataset
 from .distributed import is_main
 from .errors import ConfigError
-from .features import FeatureCache
+from .features import CacheStats, FeatureCache
 from .models import DEFAULT_MODEL, ClipBundle, load_clip, state_fingerprint
 from .preflight import names_not_run
 from .prompts import normalise, text_classifier
-from .results import ResultsFile
+from .results import ResultsFile, record_key
 from .store import Store
+from .threads import ThreadChoice, apply_threads, choose_threads
 from .trainer import finetune, resolve_device
 
 #: ``standard``: everything selected on a held-out few-shot validation split.
@@ -67,7 +74,7 @@ class BenchConfig:
 
     adapters: List[str] = field(default_factory=lambda: ["tip-f"])
     shots: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    seeds: List[int] = field(default_factory=lambda: [1])
+    seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
     dataset: str = "world"
     data_root: Optional[str] = None
     ood: Optional[List[str]] = None
@@ -85,6 +92,7 @@ class BenchConfig:
     dataset_options: Dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     workers: int = 0
+    threads: Optional[int] = None
     batch_size: int = 256
     cache_dir: Optional[str] = None
     skip_corrupt: bool = False
@@ -105,6 +113,8 @@ class BenchConfig:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be a positive integer (or unset: chosen from the free cores), got {self.threads}")
         bad = [e for e in self.encoders if e not in ENCODERS]
         if bad or not self.encoders:
             raise ConfigError(f"encoders must be a non-empty list of {', '.join(ENCODERS)}; got {self.encoders}")
@@ -203,6 +213,33 @@ def _versions() -> Dict[str, str]:
             "python": platform.python_version()}
 
 
+def platform_info(device: torch.device) -> Dict[str, Any]:
+    """What a record's numbers depend on beyond the command: threads, torch build, CPU, device."""
+    info: Dict[str, Any] = {"threads": torch.get_num_threads(), "torch_git": torch.version.git_version,
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            "machine": platform.machine(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def identity_hashes(ds: FewShotDataset, split, ood: Dict[str, Any], fingerprint: str) -> Dict[str, Any]:
+    """Hashes of what a record measured: two records are comparable exactly when they match.
+
+    ``support``: the training split and the support image indices; ``val``: the
+    validation images; ``test`` and ``ood``: the evaluation sets; ``encoder``: the
+    image encoder's weight fingerprint.
+    """
+    return {"support": _hash(ds.train.identity(), [int(i) for i in split.support_indices]),
+            "val": _hash(split.val.identity()), "test": _hash(ds.test.identity()),
+            "ood": {k: _hash(v.identity()) for k, v in ood.items()}, "encoder": fingerprint}
+
+
 @dataclass
 class RunSummary:
     """What a run did: records written and skipped, cache counters, wall time."""
@@ -250,6 +287,14 @@ class Runner:
         self.store = Store(cfg.cache_dir)  # encoders and features, shared by every run folder
         check_output_folder(self.store.root, "--cache-dir")
         self.summary = RunSummary(out=self.out)
+        self.threads: Optional[ThreadChoice] = None
+
+    def set_threads(self) -> ThreadChoice:
+        """Choose and apply the thread count (:mod:`fdalign_plugins.threads`) and say so."""
+        self.threads = choose_threads(self.cfg.threads)
+        apply_threads(self.threads)
+        self.log(self.threads.describe())
+        return self.threads
 
     # ------------------------------------------------------------------ encoders
     def _encoder_dir(self, fcfg: FinetuneConfig, ds: FewShotDataset, support_idx: List[int], tag: str) -> Path:
@@ -331,7 +376,10 @@ class Runner:
 
         rec: Dict[str, Any] = {"dataset": ds.name, "adapter": adapter, "encoder": enc_label, "shots": shots,
                                "seed": seed, "encoder_fingerprint": feats["fingerprint"],
+                               "identity": identity_hashes(ds, split, self._ood, feats["fingerprint"]),
                                "protocol": self.cfg.protocol, "val_from": split.val_from, **extra}
+        timing: Dict[str, Any] = {}
+        preds = None
         t0 = time.time()
         try:
             ad = create_adapter(adapter, **self.cfg.adapter_params.get(adapter, {}))
@@ -342,17 +390,23 @@ class Runner:
             )
             ad.fit(task)
             t1 = time.time()
-            acc = {"test": _acc(ad.predict(feats["test"]), ds.test.labels, getattr(ds.test, "label_subset", None))}
-            for k, f in feats["ood"].items():
-                acc[k] = _acc(ad.predict(f), self._ood[k].labels, getattr(self._ood[k], "label_subset", None))
-            rec.update(acc=acc, val_acc=_acc(ad.predict(feats["val"]), split.val.labels), hparams=ad.chosen_hparams(),
-                       selection=selection_used(ad, self.cfg.protocol),
-                       timings={"fit": t1 - t0, "predict": time.time() - t1, "extract": feats["seconds"]})
+            sets = {"test": ds.test, **self._ood}
+            preds = {k: preds_io.from_logits(ad.predict(feats["test"] if k == "test" else feats["ood"][k]),
+                                             s.labels, getattr(s, "label_subset", None)) for k, s in sets.items()}
+            rec.update(acc={k: preds_io.accuracy(p) for k, p in preds.items()},
+                       val_acc=_acc(ad.predict(feats["val"]), split.val.labels), hparams=ad.chosen_hparams(),
+                       selection=selection_used(ad, self.cfg.protocol))
+            timing = {"fit": t1 - t0, "predict": time.time() - t1, "extract": feats["seconds"]}
         except Exception as exc:  # whatever a plugin raises (FDAlignError too) fails its record, not the sweep
             rec.update(acc=None, error=f"{type(exc).__name__}: {exc}")
-        rec.update(config=to_dict(self.cfg), versions=_versions(), time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            preds = None
+        if preds is not None:  # written before the record that points to it
+            rel = f"{preds_io.PREDICTIONS_DIR}/{preds_io.file_name(record_key(rec))}"
+            sha = preds_io.write(results.path.parent / rel, preds) if is_main() else ""
+            rec["predictions"] = {"file": rel, "sha256": sha}
+        rec.update(config=to_dict(self.cfg), versions=_versions(), platform=platform_info(self.device))
         if is_main():  # under torchrun every rank computes the record; rank 0 writes it
-            results.append(rec)
+            results.append(rec, timing={"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **timing})
         if rec.get("error"):
             self.summary.failed += 1
             # said once, and even under --quiet: a failure is never silent
@@ -386,6 +440,7 @@ class Runner:
                  f"over up to {plan['images']} images (cached ones are read back)")
 
     def run(self) -> RunSummary:
+        self.set_threads()
         if self.cfg.mode == "episodic":
             from .protocols import run_episodic
 
@@ -396,6 +451,20 @@ class Runner:
         unused = names_not_run(cfg.adapter_params, adapters)
         if unused:  # checked, but not silently ignored either
             self.log(f"note: adapter_params given for {', '.join(unused)}, which this run does not include")
+        self._methods = methods = {method_label(m): m for m in cfg.methods}  # encoder label -> method
+        encoders: List[str] = []
+        for e in dict.fromkeys(cfg.encoders + ([ENCODER_FINETUNE] if cfg.baselines else [])):
+            encoders.extend(methods if e == ENCODER_FDALIGN else [e])
+        mine = work_items(cfg, encoders, self.shard)
+        done_file = self.out / results_name(self.shard)
+        if done_file.is_file():
+            done = ResultsFile(done_file)
+            if all((cfg.dataset, a, e, k, s) in done for s, k, e in mine for a in adapters):
+                # everything is done (records are keyed by the registered name): no data to load
+                self.summary.skipped = len(mine) * len(adapters)
+                self.summary.cache = CacheStats()  # nothing computed, nothing read
+                self.summary.seconds = time.time() - t_start
+                return self.summary
         ds = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
         if cfg.skip_corrupt:  # evaluation sets too: go on without what cannot be read, with a warning
             ds = dataclasses.replace(ds, test=drop_unreadable(ds.test, f"{ds.name} test")[0],
@@ -412,13 +481,9 @@ class Runner:
         results, cache = self.open_stores(results_name(self.shard))
         if is_main():
             (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
-        self._methods = methods = {method_label(m): m for m in cfg.methods}  # encoder label -> method
-        encoders: List[str] = []
-        for e in dict.fromkeys(cfg.encoders + ([ENCODER_FINETUNE] if cfg.baselines else [])):
-            encoders.extend(methods if e == ENCODER_FDALIGN else [e])
         stock = None
         classifier = None
-        mine = set(work_items(cfg, encoders, self.shard))
+        mine = set(mine)
         self._header(ds, adapters, encoders, mine, results)
         for seed in cfg.seeds:
             for shots in cfg.shots:
@@ -523,13 +588,4 @@ def work_items(cfg: BenchConfig, encoders: List[str], shard: Optional[Tuple[int,
 def _acc(logits: torch.Tensor, labels, label_subset: Optional[List[int]] = None) -> float:
     """Top-1 % of ``logits [N, C]``; with ``label_subset`` (ImageNet-A/R) the prediction is
     restricted to those classes."""
-    labels = torch.as_tensor(labels)
-    if len(labels) == 0:
-        return float("nan")
-    logits = logits.cpu()
-    if label_subset is not None:
-        sub = torch.as_tensor(list(label_subset), dtype=torch.long)
-        pred = sub[logits[:, sub].argmax(-1)]
-    else:
-        pred = logits.argmax(-1)
-    return float((pred == labels).float().mean().item() * 100.0)
+    return preds_io.accuracy(preds_io.from_logits(logits, labels, label_subset))

@@ -21,6 +21,7 @@ SMALL = {
                                                              "a dark photo of a {}."], "spc_keep": 2, "spc_k": 2},
     "adapter_params": {"tip-f": {"epochs": 2}},
     "views": 2,
+    "seeds": [1],  # the seeds tests below ask for more
 }
 
 
@@ -318,3 +319,107 @@ def test_vectorised_eval_transform_equals_the_pil_path(tiny_model_name):
     small = ArraySplit(imgs[:, :16, :16].copy(), np.arange(7) % 3, "s")
     assert vectorised_eval(small, b.eval_transform, 0, 7) is None
     assert vectorised_eval(split, b.train_transform(), 0, 7) is None
+
+
+def _run_cli(small_config, out, *extra):
+    return bench_main(["--config", str(small_config), "--adapter", "tip", "--shots", "1,2", "--seeds", "1,2",
+                       "--threads", "1", "--out", str(out), "--quiet", *extra])
+
+
+def test_same_command_writes_byte_identical_records(small_config, tmp_path, capsys):
+    """Same command, same thread count: the same results.jsonl and prediction files, byte for byte."""
+    assert _run_cli(small_config, tmp_path / "a") == 0
+    text_a = capsys.readouterr().out
+    assert _run_cli(small_config, tmp_path / "b") == 0
+    text_b = capsys.readouterr().out
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert (a / "results.jsonl").read_bytes() == (b / "results.jsonl").read_bytes()
+    files = sorted(p.name for p in (a / "predictions").iterdir())
+    assert len(files) == 2 * 2 * 2 * 2  # (zero-shot, tip) x encoders x shots x seeds
+    assert files == sorted(p.name for p in (b / "predictions").iterdir())
+    for f in files:
+        assert (a / "predictions" / f).read_bytes() == (b / "predictions" / f).read_bytes()
+    assert text_a == text_b
+    recs = read_results(a)
+    for r in recs:
+        assert r["platform"]["threads"] == 1 and r["platform"]["cpu_capability"] and r["platform"]["device"] == "cpu"
+        assert set(r["identity"]) == {"support", "val", "test", "ood", "encoder"}
+        assert r["identity"]["encoder"] == r["encoder_fingerprint"]
+        assert "time" not in r and "timings" not in r
+    # what varies between runs is kept apart, one line per record
+    assert len((a / "timings.jsonl").read_text().splitlines()) == len(recs)
+    by = {record_key(r): r["identity"] for r in recs}
+    # the same seed gives both encoders the same support/val/test; another seed another support set
+    assert by[("world", "tip", "clip", 1, 1)]["support"] == by[("world", "tip", "fdalign", 1, 1)]["support"]
+    assert by[("world", "tip", "clip", 1, 1)]["support"] != by[("world", "tip", "clip", 1, 2)]["support"]
+    assert by[("world", "tip", "clip", 1, 1)]["test"] == by[("world", "tip", "clip", 2, 2)]["test"]
+
+
+def test_report_from_saved_predictions_equals_the_live_table(small_config, tmp_path, capsys):
+    from fdalign_plugins import predictions as preds_io
+    from fdalign_plugins.stats import paired_interval
+
+    out = tmp_path / "run"
+    assert _run_cli(small_config, out) == 0
+    live = capsys.readouterr().out
+    files = {n: (out / n).read_bytes() for n in ("table.md", "table.csv", "table.json")}
+    for n in files:
+        (out / n).unlink()
+    assert bench_main(["--report", str(out)]) == 0
+    assert capsys.readouterr().out == live
+    for n, data in files.items():
+        assert (out / n).read_bytes() == data, n
+    # the numbers are the predictions' own: recompute one Δ cell by hand
+    recs = {record_key(r): r for r in read_results(out)}
+    pr = {k: preds_io.read(out / r["predictions"]["file"], r["predictions"]["sha256"]) for k, r in recs.items()}
+    for k, r in recs.items():
+        assert r["acc"] == {ev: preds_io.accuracy(p) for ev, p in pr[k].items()}
+    base = [pr[("world", "tip", "clip", 2, s)]["sketch"] for s in (1, 2)]
+    meth = [pr[("world", "tip", "fdalign", 2, s)]["sketch"] for s in (1, 2)]
+    iv = paired_interval(torch.tensor([list(p["pred"] == p["label"]) for p in base]).numpy(),
+                         torch.tensor([list(p["pred"] == p["label"]) for p in meth]).numpy())
+    doc = json.loads(files["table.json"])
+    sketch = [t for t in doc["tables"] if t["eval_set"] == "sketch"][0]
+    cell = [r for r in sketch["rows"] if r["label"] == "Tip + FD-Align"][0]["cells"]["2"]
+    assert cell["delta"]["lo"] == round(iv.lo, 6) and cell["delta"]["hi"] == round(iv.hi, 6)
+    assert cell["delta"]["mean"] == round(iv.delta, 6) and cell["n_seeds"] == 2
+    assert cell["ece"] == round((preds_io.expected_calibration_error(meth[0])
+                                 + preds_io.expected_calibration_error(meth[1])) / 2, 6)
+    head = "dataset,eval_set,method,adapter,encoder,shots,mean,std,n_seeds,n_failed,ece,delta,delta_lo,delta_hi"
+    assert files["table.csv"].decode().startswith(head)
+    assert f"[{iv.lo:+.2f}, {iv.hi:+.2f}]" in live and "±" in live
+
+
+def test_records_with_different_test_splits_are_not_paired(small_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run_cli(small_config, out) == 0
+    live = capsys.readouterr().out
+    lines = (out / "results.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    for r in recs:  # as if seed 2's FD-Align records had been measured on another test set
+        if r["encoder"] == "fdalign" and r["seed"] == 2:
+            r["identity"]["test"] = "0" * 16
+    (out / "results.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in recs))
+    assert bench_main(["--report", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "Tip + FD-Align 1-shot (test) seed 2: not paired, the records' test-split hashes differ" in cap.err
+    assert "not paired" in cap.out and "not paired" not in live
+    doc = json.loads((out / "table.json").read_text())
+    test = [t for t in doc["tables"] if t["eval_set"] == "test"][0]
+    sketch = [t for t in doc["tables"] if t["eval_set"] == "sketch"][0]
+    cell = [r for r in test["rows"] if r["label"] == "Tip + FD-Align"][0]["cells"]["1"]
+    assert cell["delta"]["n_seeds"] == 1 and cell["n_seeds"] == 2  # the cell keeps both seeds, Δ pairs one
+    assert [r for r in sketch["rows"] if r["label"] == "Tip + FD-Align"][0]["cells"]["1"]["delta"]["n_seeds"] == 2
+
+
+def test_damaged_predictions_are_refused_with_a_note(small_config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run_cli(small_config, out) == 0
+    capsys.readouterr()
+    victim = sorted((out / "predictions").iterdir())[0]
+    data = bytearray(victim.read_bytes())
+    data[20] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert bench_main(["--report", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"predictions file {victim} does not match the checksum in its record" in err

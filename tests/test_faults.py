@@ -82,7 +82,7 @@ def test_sigkill_mid_benchmark_resumes_to_identical_records(tiny_model_name, tmp
     script = _launcher(tmp_path, "bench")
     cfg = tmp_path / "b.yaml"
     cfg.write_text(yaml.safe_dump({
-        "model": tiny_model_name, "pretrained": "none", "adapters": ["tip", "ape"], "shots": [1, 2], "views": 2,
+        "model": tiny_model_name, "pretrained": "none", "adapters": ["tip", "ape"], "shots": [1, 2], "seeds": [1], "views": 2,
         "dataset_options": {"num_classes": 4, "train_per_class": 6, "val_per_class": 3, "test_per_class": 5,
                             "ood_per_class": 4, "image_size": 32},
         "finetune": {"epochs": 2, "batch_size": 8, "templates": ["a photo of a {}.", "a sketch of a {}."],

@@ -28,7 +28,13 @@ def test_plot_has_one_shared_legend_one_y_range_and_a_title(tmp_path, monkeypatc
     assert path.stat().st_size > 1000
     fig = kept[0]
     axes = fig.axes
-    assert len(axes) == 2 and axes[0].get_ylim() == axes[1].get_ylim()  # the sketch panel is on the same scale
+    # top row: accuracy per evaluation set; bottom row: the Δ under each
+    assert len(axes) == 4 and axes[0].get_ylim() == axes[1].get_ylim()  # the sketch panel is on the same scale
+    assert [ax.get_title() for ax in axes[:2]] == ["world — in-distribution test", "world — OOD: sketch"]
+    assert [line.get_label() for line in axes[2].get_lines()][0].startswith("_")  # Δ lines stay out of the legend
+    assert [tuple(line.get_ydata()) for line in axes[3].get_lines()][0] == (0.0, 0.0, 0.0)  # Tip + FD-Align - Tip
+    assert all(len(ax.collections) >= 1 for ax in axes[:2])  # ± std bands
+    assert not axes[2].collections  # records without saved predictions: a Δ line, no interval band
     assert all(ax.get_legend() is None for ax in axes) and len(fig.legends) == 1
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["CLIP (zero-shot)", "Tip", "Tip + FD-Align"]

@@ -351,7 +351,7 @@ def test_plugins_md_example_is_complete_and_runs_in_the_bench(tmp_path, monkeypa
     plugins.reset_plugin_manager()
     try:
         cfg = build_config(BenchConfig, {
-            "model": tiny_model_name, "pretrained": "none", "adapters": ["proto"], "encoders": ["clip"], "shots": [1],
+            "model": tiny_model_name, "pretrained": "none", "adapters": ["proto"], "encoders": ["clip"], "shots": [1], "seeds": [1],
             "views": 1, "adapter_params": {"proto": {"mix_steps": "5"}},  # typed by the plugin's declaration
             "dataset_options": {"num_classes": 3, "train_per_class": 3, "val_per_class": 2, "test_per_class": 3,
                                 "ood_per_class": 2, "image_size": 32}})

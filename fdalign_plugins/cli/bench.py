@@ -16,7 +16,7 @@ FLAG_KEYS = {
     "adapter": "adapters", "shots": "shots", "seeds": "seeds", "dataset": "dataset", "ood": "ood",
     "data_root": "data_root", "model": "model", "pretrained": "pretrained", "encoder": "encoder",
     "device": "device", "workers": "workers", "batch_size": "batch_size", "views": "views",
-    "cache_dir": "cache_dir", "protocol": "protocol", "methods": "methods",
+    "cache_dir": "cache_dir", "protocol": "protocol", "methods": "methods", "threads": "threads",
 }
 #: flag dest -> FinetuneConfig key (shortcuts into the config's ``finetune:`` section)
 FINETUNE_FLAGS = {"epochs": "epochs", "lr": "lr", "beta": "beta", "kl_direction": "kl_direction",
@@ -33,7 +33,8 @@ def build_parser() -> OneLineParser:
     a = p.add_argument
     a("--adapter", metavar="NAMES", help="adapter name, comma list, or 'all' (default: tip-f); see --list")
     a("--shots", metavar="K,..", help="shot counts (default: 1,2,4,8,16)")
-    a("--seeds", metavar="S,..", help="few-shot sampling seeds (default: 1)")
+    a("--seeds", metavar="S,..", help="few-shot sampling seeds (default: 1,2,3); cells show mean ± std over seeds, "
+      "Δ cells a paired 95%% bootstrap interval")
     a("--dataset", metavar="NAME", help="dataset name (default: world); see --list")
     a("--ood", metavar="NAMES", help="OOD test sets (comma list; default: all the dataset has; '' for none)")
     a("--data-root", metavar="DIR", help="where the dataset is read from: the folder holding the dataset folders "
@@ -50,6 +51,9 @@ def build_parser() -> OneLineParser:
     a("--out", metavar="DIR", help="run folder (default: runs/bench-<dataset>-<config hash>; same command resumes)")
     a("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N (default: auto)")
     a("--workers", metavar="N", help="data-loading workers (default: 0)")
+    a("--threads", metavar="N", help="CPU threads (default: the cores of this process's CPU set that other processes "
+      "are not keeping busy, at least 1; an explicit OMP_NUM_THREADS counts as --threads). Results can differ in the "
+      "last digits between thread counts; every record stores the count")
     a("--batch-size", metavar="N", help="feature-extraction batch size (default: 256)")
     a("--views", metavar="V", help="augmented views of the support set for the adapters' cache (default: 10)")
     a("--cache-dir", metavar="DIR", help="the store of fine-tuned encoders and features shared by all run folders "
@@ -71,13 +75,17 @@ def build_parser() -> OneLineParser:
       "and print ours, published and the difference side by side; flags and --config apply to every run")
     a("--list", action="store_true", help="list adapters, datasets and fine-tuning methods with the distribution "
       "each came from")
-    a("--report", nargs="*", metavar="RESULTS", help="rebuild tables and plot from results.jsonl file(s)/folder(s) "
-      "without computing; with no paths, from the run folder the same command computes into (--out or its default)")
+    a("--report", nargs="*", metavar="RESULTS", help="rebuild tables, intervals, ECE and plot from results.jsonl "
+      "file(s)/folder(s) and their saved predictions, without a model; with no paths, from the run folder the same "
+      "command computes into (--out or its default)")
     a("--quiet", action="store_true", help="no progress bars or lines, no per-record lines (failures are still printed)")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from ..threads import prefer_passive_wait
+
+    prefer_passive_wait()  # before torch starts its OpenMP runtime
     args = build_parser().parse_args(argv)
     return run_cli(lambda: _run(args), PROG)
 
@@ -145,29 +153,26 @@ def _run(args) -> int:
     if args.reproduce:
         return _reproduce(args)
     if args.report is not None:
-        from ..report import write_reports
-        from ..results import read_results
-
+        from ..results import read_results_located
         from ..runner import default_out
 
         # no paths: the run folder the same command computes into (--out, or its default)
         paths = [Path(p) for p in args.report] or [Path(args.out) if args.out else default_out(_bench_config(args))]
-        records = read_results(paths)
-        if not records:
+        located = read_results_located(paths)
+        if not located:
             raise ConfigError(f"no records in {', '.join(map(str, paths))}: nothing to report (run the bench first, "
                               "or pass the results.jsonl file or run folder that holds them)")
         out = Path(args.out) if args.out else (paths[0] if paths[0].is_dir() else paths[0].parent)
         from ..preflight import check_output_folder
 
         check_output_folder(out, "--out")  # the tables go there: a clear error, not a traceback
-        rep = write_reports(records, out, header=_header(records))
+        rep = _write_reports(located, out)
         print(rep["text"], end="")
         _print_files(rep)
         return 0
 
     from ..distributed import init_from_env
     from ..progress import cli_progress
-    from ..report import write_reports
     from ..runner import Runner, default_out
 
     init_from_env()  # under torchrun: join the process group (no-op in a single process)
@@ -179,16 +184,16 @@ def _run(args) -> int:
     print(f"{PROG}: run folder {out}", file=sys.stderr)
     runner = Runner(cfg, out, log=log, progress=cli_progress(quiet), shard=args.shard)
     summary = runner.run()
-    from ..results import read_results
+    from ..results import read_results_located
 
-    records = read_results(out)
-    rep = write_reports(records, out, header=_header(records))
+    rep = _write_reports(read_results_located(out), out)
     print(rep["text"], end="")
     _print_files(rep)
     st = summary.cache
     print(f"{summary.written} record(s) written, {summary.skipped} already done, {summary.failed} failed; "
           f"{summary.finetuned} encoder(s) fine-tuned; features computed {st.computed}, from cache {st.hits}; "
-          f"total {time.time() - t0:.1f} s", file=sys.stderr)
+          f"total {time.time() - t0:.1f} s; {runner.threads.describe() if runner.threads else 'threads: not set'}",
+          file=sys.stderr)
     for line in summary.flagged:
         print(f"!! fine-tuning {line}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -222,18 +227,33 @@ def _reproduce(args) -> int:
     return 0
 
 
+def _write_reports(located, out: Path):
+    """Tables from ``(record, its folder)`` pairs, recomputed from their saved predictions."""
+    from ..report import write_reports
+
+    records = [r for r, _ in located]
+    rep = write_reports(records, out, header=_header(records), where=[w for _, w in located])
+    for note in rep["notes"]:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
+    return rep
+
+
 def _header(records) -> str:
     from ..runner import REFERENCE_WARNING
 
     cfgs = {r["encoder_source"] for r in records if r.get("encoder") == "clip" and r.get("encoder_source")}
     head = f"fdalign-bench results ({len(records)} records; model {', '.join(sorted(cfgs))})"
+    plats = sorted({(p.get("threads"), p.get("cpu_capability"), p.get("device"))
+                    for p in (r.get("platform") for r in records) if p})
+    if plats:
+        head += "; measured with " + ", ".join(f"{t} thread(s) {c} {d}" for t, c, d in plats)
     if any(r.get("protocol") == "reference" for r in records):
         head = f"!! {REFERENCE_WARNING}\n{head}"
     return head
 
 
 def _print_files(rep) -> None:
-    files = [str(rep["markdown"]), str(rep["csv"])] + ([str(rep["plot"])] if rep["plot"] else [])
+    files = [str(rep["markdown"]), str(rep["csv"]), str(rep["json"])] + ([str(rep["plot"])] if rep["plot"] else [])
     print(f"written: {', '.join(files)}", file=sys.stderr)
 
 
