@@ -395,6 +395,8 @@ def render_json(tables, header: str = "") -> str:
                         cells[str(k)] = {"mean": None, "std": None, "n_seeds": 0, "n_failed": nf}
                     continue
                 cell: Dict[str, Any] = {"mean": num(c[0]), "std": num(c[1]), "n_seeds": c[2], "n_failed": nf}
+                if t["marks"].get((a, enc, k)):  # fine-tuning verdicts: {"rejected": n seeds, "collapsed": n}
+                    cell["verdicts"] = dict(t["marks"][(a, enc, k)])
                 if (a, enc, k) in t["ece"]:
                     cell["ece"] = num(t["ece"][(a, enc, k)][0])
                     cell["per_class"] = {str(cl): num(v) for cl, v in t["per_class"][(a, enc, k)].items()}

@@ -385,7 +385,8 @@ def test_report_from_saved_predictions_equals_the_live_table(small_config, tmp_p
     assert cell["delta"]["mean"] == round(iv.delta, 6) and cell["n_seeds"] == 2
     assert cell["ece"] == round((preds_io.expected_calibration_error(meth[0])
                                  + preds_io.expected_calibration_error(meth[1])) / 2, 6)
-    head = "dataset,eval_set,method,adapter,encoder,shots,mean,std,n_seeds,n_failed,ece,delta,delta_lo,delta_hi"
+    head = ("dataset,eval_set,method,adapter,encoder,shots,mean,std,n_seeds,n_failed,selection,rejected,collapsed,ece,"
+            "delta,delta_lo,delta_hi")
     assert files["table.csv"].decode().startswith(head)
     assert f"[{iv.lo:+.2f}, {iv.hi:+.2f}]" in live and "±" in live
 
