@@ -23,18 +23,16 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .spc import SPCResult
 
-if TYPE_CHECKING:  # annotations only
-    from .methods.fd_align import TextPrototypes
-
-__all__ = ["BatchOutputs", "FinishContext", "Method", "MethodContext", "MethodSpec", "WISE_DEFAULTS", "WISE_SUFFIX",
-           "interpolate_weights", "resolve_method", "with_wise"]
+__all__ = ["BatchOutputs", "FinishContext", "Method", "MethodContext", "MethodSpec", "TextPrototypes", "WISE_DEFAULTS",
+           "WISE_SUFFIX", "interpolate_weights", "resolve_method", "with_wise"]
 
 #: A method name ending in this gets WiSE-FT's finishing step.
 WISE_SUFFIX = "+wise"
@@ -42,6 +40,23 @@ WISE_SUFFIX = "+wise"
 #: validation from ``wise_grid``, which must hold 0 and 1).
 WISE_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {"wise_a": None, "wise_grid": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]})
+
+
+@dataclass
+class TextPrototypes:
+    """The frozen text side of fine-tuning (built by :func:`fdalign_plugins.methods.fd_align.text_prototypes`).
+
+    Attributes:
+        class_protos: ``mu_class`` ``[C, D]``.
+        spur_protos: spurious prototypes after SPC ``[k, D]`` (or all ``[M, D]``).
+        templates: the M templates the prototypes came from.
+        spc: what SPC kept (``None`` if SPC is off).
+    """
+
+    class_protos: torch.Tensor
+    spur_protos: torch.Tensor
+    templates: List[str]
+    spc: Optional[SPCResult]
 
 
 @dataclass
@@ -65,7 +80,7 @@ class BatchOutputs:
     feats0: Optional[Tensor]
     logits: Tensor
     labels: Tensor
-    protos: "TextPrototypes"
+    protos: TextPrototypes
     tau: float
     step_seed: int = 0
 
@@ -89,7 +104,7 @@ class MethodContext:
 
     model: nn.Module
     tokenizer: Callable[..., Tensor]
-    protos: "TextPrototypes"
+    protos: TextPrototypes
     tau: float
     head: Optional[nn.Linear]
     support_features: Callable[[], Tuple[Tensor, Tensor]]

@@ -15,60 +15,23 @@ tokenizer, from any of four sources:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from torchvision import transforms as T
 
 from .errors import CheckpointError, ConfigError, FDAlignError
+# The registry lives one layer down so that the world model can register itself without importing
+# this module (which imports the world model for the default); re-exported here, its public home.
+from .model_registry import _DEFAULT_TAG, _PRETRAINED, _REGISTERED, register_model_config  # noqa: F401
 
 #: Model used when the user names none: the tiny CLIP pretrained on the synthetic world.
 DEFAULT_MODEL = "fdalign-world-tiny"
 DEFAULT_PRETRAINED = "world"
-
-_REGISTERED: Dict[str, Dict[str, Any]] = {}
-#: ``{model_name: {tag: weights_path_or_callable}}`` for registered models.
-_PRETRAINED: Dict[str, Dict[str, Union[str, Path, Callable[[], Path]]]] = {}
-_DEFAULT_TAG: Dict[str, str] = {}
-_CONFIG_DIR: Optional[Path] = None
-
-
-def register_model_config(
-    name: str,
-    config: Mapping[str, Any],
-    pretrained: Optional[Mapping[str, Any]] = None,
-    default_pretrained: Optional[str] = None,
-) -> None:
-    """Register an open_clip architecture config under ``name``.
-
-    Args:
-        name: model name, usable wherever an open_clip model name is accepted.
-        config: open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``).
-        pretrained: optional ``{tag: path}`` of local weights files (or zero-argument
-            callables returning the path, so that packaged weights resolve lazily).
-        default_pretrained: the tag :func:`load_clip` uses when none is given.
-    """
-    global _CONFIG_DIR
-    import open_clip
-
-    if not all(k in config for k in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise ConfigError(f"model config {name!r} needs embed_dim, vision_cfg and text_cfg")
-    if _CONFIG_DIR is None:
-        _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="fdalign_model_cfgs_"))
-    (_CONFIG_DIR / f"{name}.json").write_text(json.dumps(dict(config)))
-    open_clip.add_model_config(_CONFIG_DIR)
-    _REGISTERED[name] = dict(config)
-    if pretrained:
-        _PRETRAINED.setdefault(name, {}).update(pretrained)
-    if default_pretrained:
-        _DEFAULT_TAG[name] = default_pretrained
-
 
 def _ensure_builtin_models() -> None:
     """Register the packaged world model (imported lazily: it needs no network)."""

@@ -271,7 +271,7 @@ def run_episodic(runner) -> Any:
 
     from .datasets import load_dataset
     from .models import load_clip
-    from .runner import ENCODER_CLIP, ENCODER_FDALIGN, _versions
+    from .results import ENCODER_CLIP, ENCODER_FDALIGN, software_versions
 
     cfg = runner.cfg
     ecfg = build_config(EpisodicConfig, cfg.episodic, source="episodic")
@@ -327,7 +327,7 @@ def run_episodic(runner) -> Any:
                        "selection": "fixed",  # cosine prototypes choose nothing
                        "encoder_source": (f"{bundle.model_name}/{bundle.pretrained or 'none'}" if enc == ENCODER_CLIP
                                           else str(cfg.encoder or "fine-tuned")),
-                       "versions": _versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **verdict}
+                       "versions": software_versions(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **verdict}
                 if is_main():
                     results.append(rec)
                 runner.summary.written += 1

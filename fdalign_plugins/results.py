@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import platform
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
@@ -19,6 +20,23 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 from .errors import DataError, FDAlignError
 
 RecordKey = Tuple[str, str, str, int, int]
+
+#: Encoder labels used in records and tables.
+ENCODER_CLIP = "clip"
+ENCODER_FDALIGN = "fdalign"
+ENCODER_FINETUNE = "finetune"
+ENCODERS = (ENCODER_CLIP, ENCODER_FDALIGN, ENCODER_FINETUNE)
+
+
+def software_versions() -> Dict[str, str]:
+    """The ``versions`` field of a record: this package, torch, open_clip and Python."""
+    import open_clip
+    import torch
+
+    from . import __version__
+
+    return {"fdalign_plugins": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
+            "python": platform.python_version()}
 
 
 def record_key(rec: Dict[str, Any]) -> RecordKey:

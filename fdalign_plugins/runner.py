@@ -30,9 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from . import __version__
 from . import predictions as preds_io
-from .checkpoint import WEIGHTS_NAME, load_encoder_into, read_encoder
+from .checkpoint import WEIGHTS_NAME, load_encoder_into
 from .config import FinetuneConfig, build_config, coerce_layer, to_dict
 from .datasets import check_images, drop_unreadable, few_shot_split, load_dataset
 from .datasets.base import FewShotDataset
@@ -42,7 +41,11 @@ from .features import CacheStats, FeatureCache
 from .models import DEFAULT_MODEL, ClipBundle, load_clip, state_fingerprint
 from .preflight import names_not_run
 from .prompts import normalise, text_classifier
-from .results import ResultsFile, record_key
+# Encoder labels live with the records (results.py) so the episodic protocol shares them without importing
+# this module; re-exported here, their old home.
+from .results import (
+    ENCODER_CLIP, ENCODER_FDALIGN, ENCODER_FINETUNE, ENCODERS, ResultsFile, record_key, software_versions,
+)
 from .store import Store
 from .threads import ThreadChoice, apply_threads, choose_threads
 from .trainer import finetune, resolve_device
@@ -54,11 +57,6 @@ PROTOCOLS = ("standard", "reference")
 REFERENCE_WARNING = ("REFERENCE PROTOCOL (mimics the released code): epochs and hyper-parameters were selected on "
                      "the TEST set; these numbers are not held-out estimates.")
 
-#: Encoder labels used in records and tables.
-ENCODER_CLIP = "clip"
-ENCODER_FDALIGN = "fdalign"
-ENCODER_FINETUNE = "finetune"
-ENCODERS = (ENCODER_CLIP, ENCODER_FDALIGN, ENCODER_FINETUNE)
 #: The default fine-tuning method; its encoder keeps the label ``fdalign`` in records and tables.
 DEFAULT_METHOD = "fd-align"
 
@@ -204,13 +202,6 @@ def default_out(cfg: BenchConfig) -> Path:
     """A deterministic run folder: the same command resumes in the same place."""
     h = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
     return Path("runs") / f"bench-{cfg.dataset}-{h}"
-
-
-def _versions() -> Dict[str, str]:
-    import open_clip
-
-    return {"fdalign_plugins": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__,
-            "python": platform.python_version()}
 
 
 def platform_info(device: torch.device) -> Dict[str, Any]:
@@ -404,7 +395,7 @@ class Runner:
             rel = f"{preds_io.PREDICTIONS_DIR}/{preds_io.file_name(record_key(rec))}"
             sha = preds_io.write(results.path.parent / rel, preds) if is_main() else ""
             rec["predictions"] = {"file": rel, "sha256": sha}
-        rec.update(config=to_dict(self.cfg), versions=_versions(), platform=platform_info(self.device))
+        rec.update(config=to_dict(self.cfg), versions=software_versions(), platform=platform_info(self.device))
         if is_main():  # under torchrun every rank computes the record; rank 0 writes it
             results.append(rec, timing={"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **timing})
         if rec.get("error"):

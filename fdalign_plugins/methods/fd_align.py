@@ -14,38 +14,20 @@ steps 4–5 are :class:`FDAlign`. The spine (:mod:`fdalign_plugins.trainer`) doe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .. import hookimpl
 from ..losses import spurious_kl, total_loss
-from ..method_api import BatchOutputs, Method
+from ..method_api import BatchOutputs, Method, TextPrototypes  # TextPrototypes: re-exported, its old home
 from ..prompts import class_prototypes, encode_prompts, resolve_templates, spurious_prototypes
-from ..spc import SPCResult, spurious_prototype_correction
+from ..spc import spurious_prototype_correction
 
 if TYPE_CHECKING:
     from ..config import FinetuneConfig
     from ..models import ClipBundle
-
-
-@dataclass
-class TextPrototypes:
-    """The frozen text side of fine-tuning.
-
-    Attributes:
-        class_protos: ``mu_class`` ``[C, D]``.
-        spur_protos: spurious prototypes after SPC ``[k, D]`` (or all ``[M, D]``).
-        templates: the M templates the prototypes came from.
-        spc: what SPC kept (``None`` if SPC is off).
-    """
-
-    class_protos: torch.Tensor
-    spur_protos: torch.Tensor
-    templates: List[str]
-    spc: Optional[SPCResult]
 
 
 def text_prototypes(bundle: "ClipBundle", classnames: Sequence[str], cfg: "FinetuneConfig") -> TextPrototypes:

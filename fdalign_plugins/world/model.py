@@ -60,7 +60,7 @@ def weights_path() -> Path:
 
 def register() -> None:
     """Register ``fdalign-world-tiny`` with pretrained tag ``world`` (the packaged weights)."""
-    from ..models import register_model_config
+    from ..model_registry import register_model_config
 
     register_model_config(WORLD_MODEL_NAME, model_config(), pretrained={WORLD_PRETRAINED_TAG: weights_path},
                           default_pretrained=WORLD_PRETRAINED_TAG)
