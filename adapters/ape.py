@@ -191,7 +191,8 @@ class APEAdapter(Adapter):
     """APE: refined channels and trust-weighted cache values; β, α, γ searched on validation."""
 
     name = "ape"
-    summary = "APE: training-free; refined feature channels and trust-weighted cache; beta, alpha, gamma searched on validation"
+    summary = ("APE: training-free; refined feature channels and trust-weighted cache; beta, alpha, gamma searched "
+               "on validation")
     trains = False
     defaults = APE_DEFAULTS
     dataset_defaults = APE_DATASET_DEFAULTS

@@ -163,7 +163,8 @@ class APETAdapter(Adapter):
     """APE-T: trained category residual on refined channels plus per-entry value weights."""
 
     name = "ape-t"
-    summary = "APE-T: trains a category residual on APE's refined channels and cache value weights; best epoch and alpha, beta on validation"
+    summary = ("APE-T: trains a category residual on APE's refined channels and cache value weights; best epoch and "
+               "alpha, beta on validation")
     trains = True
     defaults = APE_T_DEFAULTS
     dataset_defaults = APE_T_DATASET_DEFAULTS

@@ -40,7 +40,6 @@ from fdalign_plugins.adapter_api import (
     GridList,
     HParam,
     TRAIN_HPARAMS,
-    count_correct,
     normalise,
     search_list,
     train_on_views,

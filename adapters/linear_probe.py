@@ -119,7 +119,8 @@ def fit_logistic_regression(
     return weight.detach(), bias.detach(), iterations
 
 
-def coop_c_search(grid: List[float], steps: int, correct: Callable[[float], int]) -> Tuple[float, List[Tuple[float, int]]]:
+def coop_c_search(grid: List[float], steps: int,
+                  correct: Callable[[float], int]) -> Tuple[float, List[Tuple[float, int]]]:
     """CoOp's C search: first best on ``grid``, then ``steps`` log-space bisection steps.
 
     Each step compares ``c_left`` and ``c_right`` (ties keep the left one), keeps the

@@ -153,7 +153,8 @@ class TipAdapter(Adapter):
 
     def _chosen_values(self) -> Dict[str, Any]:
         chosen = dict(self.hparams)
-        chosen.update(alpha=self._alpha, beta=self._beta, init_alpha=self.hparams["alpha"], init_beta=self.hparams["beta"])
+        chosen.update(alpha=self._alpha, beta=self._beta, init_alpha=self.hparams["alpha"],
+                      init_beta=self.hparams["beta"])
         return chosen
 
     def fit(self, task: FewShotTask) -> "TipAdapter":

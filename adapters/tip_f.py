@@ -31,7 +31,8 @@ TIP_F_DEFAULTS: Dict[str, Any] = {
     "batch_size": 256,
 }
 
-TIP_F_DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {name: dict(values) for name, values in TIP_DATASET_DEFAULTS.items()}
+TIP_F_DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    name: dict(values) for name, values in TIP_DATASET_DEFAULTS.items()}
 TIP_F_DATASET_DEFAULTS["eurosat"]["epochs"] = 100
 
 

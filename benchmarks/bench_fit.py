@@ -84,7 +84,8 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--views", type=int, default=10)
     p.add_argument("--val", type=int, default=5000)
     p.add_argument("--test", type=int, default=50000)
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads per adapter (default 2: the budget's cores)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="intra-op threads per adapter (default 2: the budget's cores)")
     p.add_argument("--limit", type=float, default=60.0, help="the budget per adapter in seconds (default 60)")
     p.add_argument("--timeout", type=float, default=300.0, help="stop an adapter after this many seconds (default 300)")
     p.add_argument("--quick", action="store_true", help="small shapes (C=50, D=64, 500 val, 2000 test)")

@@ -67,7 +67,6 @@ def extraction_ratio(batch: int = 256, repeats: int = 3) -> None:
 
     from fdalign_plugins.features import FeatureCache
     from fdalign_plugins.models import load_clip, state_fingerprint
-    from fdalign_plugins.trainer import SplitDataset
     from fdalign_plugins.world.dataset import build_world_dataset
 
     torch.set_num_threads(2)
@@ -115,7 +114,8 @@ def main() -> None:
             out, cache = Path(tmp) / "run", Path(tmp) / "cache"
             before = _load()
             cold, cold_mb, table, err, cpu = run_main_job(out, cache, bench_args)
-            print(f"  cold: {cold:6.1f} s   (target <= 180 s; {cpu:.1f} CPU s)   [{before} before; {_threads_line(err)}]")
+            print(f"  cold: {cold:6.1f} s   (target <= 180 s; {cpu:.1f} CPU s)   "
+                  f"[{before} before; {_threads_line(err)}]")
             before = _load()
             warm, warm_mb, _, err, cpu = run_main_job(out, cache, bench_args)
             print(f"  warm: {warm:6.1f} s   (target <= 10 s; {cpu:.1f} CPU s)    [{before} before]")

@@ -34,7 +34,8 @@ def normalise(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x / x.norm(dim=dim, keepdim=True)
 
 
-def make_problem(num_val: int, classes: int, shots: int, dim: int, seed: int, args_noise: float = 2.0, text_noise: float = 3.0):
+def make_problem(num_val: int, classes: int, shots: int, dim: int, seed: int, args_noise: float = 2.0,
+                 text_noise: float = 3.0):
     """Clustered ImageNet-like features with a noisy text classifier (float32)."""
     g = torch.Generator().manual_seed(seed)
     noise = 1.0 / dim**0.5  # per-coordinate scale of a unit-norm perturbation
@@ -86,7 +87,8 @@ def bench_tip(args) -> None:
     t_vec = time.perf_counter() - t0
     print(f"vectorised search, whole grid: {t_vec:.2f} s  -> beta={result.beta:.4f}, alpha={result.alpha:.4f}, "
           f"val acc {result.accuracy:.2f}% (accuracy range over the grid "
-          f"{100 * int(result.correct_grid.min()) / args.n_val:.2f}-{100 * int(result.correct_grid.max()) / args.n_val:.2f}%)")
+          f"{100 * int(result.correct_grid.min()) / args.n_val:.2f}-"
+          f"{100 * int(result.correct_grid.max()) / args.n_val:.2f}%)")
 
     timed = grid[: args.naive_points]
     naive_points(val, keys, labels, classifier, val_labels, timed[:1])  # warm-up
@@ -108,7 +110,8 @@ def bench_tip(args) -> None:
     # Whole-grid equality on a reduced shape the naive loop can finish.
     r_val, r_cls = args.check_n_val, args.check_classes
     # Noisier features than above so that 50 classes do not saturate the accuracy.
-    val, keys, labels, classifier, val_labels = make_problem(r_val, r_cls, args.shots, args.dim, args.seed + 1, 3.0, 4.0)
+    val, keys, labels, classifier, val_labels = make_problem(r_val, r_cls, args.shots, args.dim, args.seed + 1,
+                                                             3.0, 4.0)
     base = 100.0 * val @ classifier
     t0 = time.perf_counter()
     small = search_cache_grid(val, keys, labels, base, val_labels, betas, alphas)
@@ -162,7 +165,8 @@ def bench_ape_criterion(args) -> None:
         closed = channel_criterion(classifier, keys, labels, 0.7)
     t_closed = (time.perf_counter() - t0) / 10
     diff = float((closed - loops).abs().max() / loops.abs().max())
-    same_top = torch.equal(torch.topk(closed, dim // 2).indices.sort().values, torch.topk(loops, dim // 2).indices.sort().values)
+    same_top = torch.equal(torch.topk(closed, dim // 2).indices.sort().values,
+                           torch.topk(loops, dim // 2).indices.sort().values)
     print(f"four loops {t_loop:.2f} s, closed form {t_closed * 1e3:.2f} ms -> {t_loop / t_closed:.0f}x; "
           f"max relative difference {diff:.1e}; same top-{dim // 2} channels: {same_top}")
     per_iter = t_loop / (classes * (classes - 1) * (shots + 1) ** 2)

@@ -257,8 +257,10 @@ def run(args: argparse.Namespace) -> Dict:
     if not args.cheap:
         overrides = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs), ("warmup_epochs", args.warmup_epochs),
                                        ("grad_clip", args.grad_clip),
-                                       ("aug_scale", tuple(args.aug_scale) if args.aug_scale else None)) if v is not None}
-        print(f"{args.shots}-shot full fine-tuning (beta 0, trainer defaults{', ' + str(overrides) if overrides else ''})"
+                                       ("aug_scale", tuple(args.aug_scale) if args.aug_scale else None))
+                     if v is not None}
+        print(f"{args.shots}-shot full fine-tuning (beta 0, trainer defaults"
+              f"{', ' + str(overrides) if overrides else ''})"
               f", WiSE-FT a={WISE_A}, head-only {', '.join(HEAD_ONLY)}; seeds {args.seeds}:", flush=True)
         results.update(trained_measures(loader, ds, results, args.shots, args.seeds, args.views, overrides,
                                         lambda s: print(s, flush=True)))

@@ -72,8 +72,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         accs, marks, t0 = [], [], time.time()
         for seed in args.seeds:
             fs = few_shot_split(ds, args.shots, seed)
-            over = dict(beta=args.beta, shots=args.shots, seed=seed, lr=lr, warmup_epochs=warm, grad_clip=clip, aug_scale=aug,
-                        device="cpu", amp=False)
+            over = dict(beta=args.beta, shots=args.shots, seed=seed, lr=lr, warmup_epochs=warm, grad_clip=clip,
+                        aug_scale=aug, device="cpu", amp=False)
             if args.epochs:
                 over["epochs"] = args.epochs
             b = load_clip("fdalign-world-tiny", args.pretrained)
@@ -90,7 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if any(h["l_class"] > math.log(ds.num_classes) for h in res.history):
                 marks.append(f"seed {seed} class loss > log C")
         rows.append((float(np.mean(accs)), lr, warm, clip, aug, marks))
-        print(f"  lr {lr:g}  warm-up {warm} ep  clip {clip:g}  crop scale {aug[0]:g}-{aug[1]:g}:  val {np.mean(accs):.2f} "
+        print(f"  lr {lr:g}  warm-up {warm} ep  clip {clip:g}  crop scale {aug[0]:g}-{aug[1]:g}:  "
+              f"val {np.mean(accs):.2f} "
               f"({', '.join(f'{a:.2f}' for a in accs)})  {', '.join(marks) or 'ok'}  [{time.time() - t0:.0f}s]",
               flush=True)
     best = max(rows, key=lambda r: r[0])

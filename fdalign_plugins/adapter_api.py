@@ -535,8 +535,10 @@ class TrainResult:
 
 
 @torch.no_grad()
-def _count_correct_chunked(forward: Callable[[Tensor], Tensor], features: Tensor, labels: Tensor, chunk: int = 1024) -> int:
-    return sum(count_correct(forward(features[i : i + chunk]), labels[i : i + chunk]) for i in range(0, len(features), chunk))
+def _count_correct_chunked(forward: Callable[[Tensor], Tensor], features: Tensor, labels: Tensor,
+                           chunk: int = 1024) -> int:
+    return sum(count_correct(forward(features[i : i + chunk]), labels[i : i + chunk])
+               for i in range(0, len(features), chunk))
 
 
 def train_on_views(
@@ -623,7 +625,8 @@ def train_on_views(
     best.offer(0, float("nan") if correct0 is None else correct0)
     history = [EpochRecord(0, None, correct0)]
     if epochs > 0:
-        opt = make_optimizer(params, OptimizerSettings(optimizer, lr=lr, momentum=momentum if optimizer == "sgd" else 0.0,
+        opt = make_optimizer(params, OptimizerSettings(optimizer, lr=lr,
+                                                       momentum=momentum if optimizer == "sgd" else 0.0,
                                                        eps=eps, weight_decay=weight_decay))
         # Dassl's "constant" warm-up (CLAP): warmup_lr for warmup_epochs, then cosine from lr on the rest
         scheduler = make_schedule(opt, epochs * iters, warmup_epochs * iters,

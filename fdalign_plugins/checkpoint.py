@@ -176,7 +176,8 @@ def load_encoder_into(model: nn.Module, path: Union[str, Path]) -> Dict[str, Any
         detail = []
         if wrong:
             k = wrong[0]
-            detail.append(f"{len(wrong)} shape mismatch(es), e.g. {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+            detail.append(f"{len(wrong)} shape mismatch(es), e.g. {k}: checkpoint {tuple(state[k].shape)} "
+                          f"vs model {tuple(own[k].shape)}")
         if missing:
             detail.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
         if unexpected:

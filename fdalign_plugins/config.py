@@ -72,8 +72,8 @@ class FinetuneConfig:
     def validate(self) -> "FinetuneConfig":
         """Check value ranges; raise :class:`ConfigError` naming the key and the fix."""
         _positive(self, "shots", "epochs", "batch_size", "grad_accum")
-        _non_negative(self, "alpha", "beta", "lr", "weight_decay", "grad_clip", "warmup_iters", "warmup_epochs", "workers",
-                      "val_shots")
+        _non_negative(self, "alpha", "beta", "lr", "weight_decay", "grad_clip", "warmup_iters", "warmup_epochs",
+                      "workers", "val_shots")
         _choice(self, "kl_direction", ("overview", "reference"))
         _choice(self, "head", ("fixed", "linear"))
         _choice(self, "optimizer", ("sgd", "adamw"))
@@ -235,7 +235,8 @@ def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
             what += f" ({ctx} opened at line {cmark.line + 1})"  # e.g. an unclosed [ two lines up
         raise ConfigError(f"config file {p} is not valid YAML{where}: {what}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise ConfigError(f"config file {p} is not valid YAML: not UTF-8 text "
+                          f"({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
     if data is None:
@@ -263,7 +264,8 @@ def coerce_layer(cls: type, layer: Optional[Mapping[str, Any]], source: str = "c
     hints = typing.get_type_hints(cls)
     unknown = sorted(k for k in layer if k not in fields)
     if unknown:
-        raise ConfigError(f"unknown {source} key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(fields))}")
+        raise ConfigError(f"unknown {source} key(s) {', '.join(map(repr, unknown))}; "
+                          f"valid keys: {', '.join(sorted(fields))}")
     return {k: _coerce(k, v, hints[k]) for k, v in layer.items() if v is not None}
 
 

@@ -65,7 +65,8 @@ class ClipBundle:
     model_name: str
     pretrained: Optional[str]
 
-    def train_transform(self, scale: Tuple[float, float] = (0.08, 1.0), flip: bool = False) -> Callable[[Any], torch.Tensor]:
+    def train_transform(self, scale: Tuple[float, float] = (0.08, 1.0),
+                        flip: bool = False) -> Callable[[Any], torch.Tensor]:
         """Training augmentation: RandomResizedCrop(S, scale, bicubic) [+ horizontal flip]."""
         return make_train_transform(self.image_size, self.mean, self.std, scale=scale, flip=flip)
 
@@ -151,7 +152,8 @@ def _resolve_source(model: str, pretrained: Optional[str]) -> Tuple[str, Optiona
     tags = open_clip.list_pretrained_tags_by_model(model)
     if pretrained not in tags:
         valid = ", ".join(tags + sorted(_PRETRAINED.get(model, {}))) or "(none)"
-        raise ConfigError(f"unknown pretrained tag {pretrained!r} for {model}; valid tags: {valid}, or a local weights file")
+        raise ConfigError(f"unknown pretrained tag {pretrained!r} for {model}; valid tags: {valid}, "
+                          "or a local weights file")
     return model, pretrained
 
 
@@ -161,7 +163,8 @@ def _check_fetchable(model: str, pretrained: Optional[str], src: Optional[str]) 
     if is_hub_tag and _offline():
         raise CheckpointError(
             f"cannot fetch pretrained weights {model}/{pretrained}: hub downloads are disabled (HF_HUB_OFFLINE=1). "
-            f"Download the weights on a machine with internet and pass the file: --model {model} --pretrained /path/to/weights"
+            f"Download the weights on a machine with internet and pass the file: "
+            f"--model {model} --pretrained /path/to/weights"
         )
     return is_hub_tag
 

@@ -203,7 +203,8 @@ class FDAlignPluginManager(pluggy.PluginManager):
                 self.check_pending()
                 return
             except pluggy.PluginValidationError as exc:
-                self.broken.append(BrokenPlugin(self.label_of(exc.plugin), self.distribution_of(exc.plugin), _describe(exc)))
+                self.broken.append(BrokenPlugin(self.label_of(exc.plugin), self.distribution_of(exc.plugin),
+                                                _describe(exc)))
                 self.unregister(exc.plugin)
 
     def distribution_of(self, plugin: Any) -> str:

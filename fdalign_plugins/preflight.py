@@ -88,7 +88,8 @@ def check_encoder_file(path: Union[str, Path]) -> Path:
 
     weights, _ = _paths(path)
     if not weights.is_file():
-        raise CheckpointError(f"encoder checkpoint not found: {weights} (pass the encoder.safetensors file or its folder)")
+        raise CheckpointError(f"encoder checkpoint not found: {weights} "
+                              "(pass the encoder.safetensors file or its folder)")
     try:
         from safetensors import safe_open
 
@@ -122,7 +123,8 @@ def check_output_folder(path: Union[str, Path], flag: str = "--out") -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"{flag} {p} is not a writable folder ({exc.strerror or exc}); choose another {flag}") from None
+        raise ConfigError(f"{flag} {p} is not a writable folder ({exc.strerror or exc}); "
+                          f"choose another {flag}") from None
     _created.extend(missing)  # innermost first
     return p
 

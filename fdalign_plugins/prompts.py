@@ -138,7 +138,8 @@ def resolve_templates(spec) -> List[str]:
             return list(TEMPLATE_SETS[spec])
         if "{}" in spec:
             return [spec]
-        raise ConfigError(f"unknown template set {spec!r}; valid: {', '.join(TEMPLATE_SETS)}, or a template with '{{}}'")
+        raise ConfigError(f"unknown template set {spec!r}; valid: {', '.join(TEMPLATE_SETS)}, "
+                          "or a template with '{}'")
     out = list(spec)
     bad = [t for t in out if "{}" not in t]
     if not out or bad:

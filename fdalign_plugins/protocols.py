@@ -240,7 +240,8 @@ class _EpisodicRun:
         acc = self.val_eval() if self.val_eval else float("nan")
         kept = self.best.offer(epoch, acc)
         terms = "  ".join(f"L_{k} {max(0.0, v):.4f}" for k, v in sums.items() if k != "total")
-        self.log(f"episodic epoch {epoch}/{cfg.epochs}  {terms}  val {acc:.2f}%{'  *' if kept and self.val_eval else ''}")
+        self.log(f"episodic epoch {epoch}/{cfg.epochs}  {terms}  "
+                 f"val {acc:.2f}%{'  *' if kept and self.val_eval else ''}")
         return {"epoch": epoch, **{("loss" if k == "total" else f"l_{k}"): v for k, v in sums.items()}, "val_acc": acc}
 
     def finish(self, history: List[Dict[str, Any]], seconds: float) -> Dict[str, Any]:
@@ -314,7 +315,8 @@ def run_episodic(runner) -> Any:
                 verdict = {}
             visual = bundle.model.visual.to(runner.device)
             fp = state_fingerprint(visual)
-            feats = {n: cache.features(visual, fp, p, bundle.eval_transform, desc=f"{enc} {n}") for n, p in pools.items()}
+            feats = {n: cache.features(visual, fp, p, bundle.eval_transform, desc=f"{enc} {n}")
+                     for n, p in pools.items()}
             for k in todo:
                 acc, ci = {}, {}
                 for n, p in pools.items():

@@ -225,7 +225,8 @@ def _delta(base: Dict[int, Tuple[float, Any, Dict[str, Any]]], method: Dict[int,
     if any(b[1] is None or m[1] is None for _, b, m, _ in pairs):
         return DeltaCell(delta, None, len(pairs))
     if len({h for *_, h in pairs}) > 1 or any(not np.array_equal(b[1]["label"], pairs[0][1][1]["label"])
-                                              or not np.array_equal(m[1]["label"], b[1]["label"]) for _, b, m, _ in pairs):
+                                              or not np.array_equal(m[1]["label"], b[1]["label"])
+                                              for _, b, m, _ in pairs):
         notes.append(f"{what}: seeds were evaluated on different test images; no interval")
         return DeltaCell(delta, None, len(pairs))
     cb = np.stack([b[1]["pred"] == b[1]["label"] for _, b, _, _ in pairs])  # [S, N]
@@ -268,7 +269,8 @@ def _has_marks(t: Dict[str, Any]) -> bool:
 #: What the cells mean, printed under the tables.
 CELLS_LEGEND = ("cells: top-1 % mean ± std over seeds; Δ: paired difference with the same adapter on stock CLIP "
           "(same seed, support set and test images), mean over seeds [95 % bootstrap interval over test images "
-          "and seeds]; * = the interval excludes 0; a Δ without an interval: a record without saved predictions (see the notes)")
+          "and seeds]; * = the interval excludes 0; a Δ without an interval: a record without saved predictions "
+          "(see the notes)")
 
 
 def _notes(tables) -> List[str]:
@@ -301,7 +303,8 @@ def _eval_title(ds: str, ev: str) -> str:
 def selection_line(t: Dict[str, Any]) -> str:
     """The table's header line saying how each adapter's hyper-parameters were chosen,
     e.g. ``selection: Zero-shot fixed · Tip val · CLAP fixed``; a TEST policy is flagged."""
-    parts = [f"{ADAPTER_LABELS.get(a, a)} {'/'.join(p).replace('test', 'TEST')}" for a, p in t.get("selection", {}).items()]
+    parts = [f"{ADAPTER_LABELS.get(a, a)} {'/'.join(p).replace('test', 'TEST')}"
+             for a, p in t.get("selection", {}).items()]
     flag = "  !! chosen on the TEST set" if any("test" in p for p in t.get("selection", {}).values()) else ""
     return ("selection: " + " · ".join(parts) + flag) if parts else ""
 
@@ -498,7 +501,8 @@ def render_plot(tables, path: Path, title: str = "") -> Optional[Path]:
 
 def plot_title(records: Sequence[Dict[str, Any]]) -> str:
     """``model ...; mean over N seed(s) (s1, s2)`` for the plot's heading."""
-    models = sorted({str(r["encoder_source"]) for r in records if r.get("encoder") == "clip" and r.get("encoder_source")})
+    models = sorted({str(r["encoder_source"]) for r in records
+                     if r.get("encoder") == "clip" and r.get("encoder_source")})
     seeds = sorted({int(r["seed"]) for r in records})
     return (f"model {', '.join(models) or '?'}; mean over {len(seeds)} seed(s)"
             + (f" ({', '.join(map(str, seeds))})" if seeds else ""))

@@ -91,7 +91,8 @@ def run_table(spec: Dict[str, Any], out: Path, overrides: List[Optional[Mapping[
         for layer in layers:  # the finetune section merges key by key, like the rest
             if layer and layer.get("finetune"):
                 ft.update(layer["finetune"])
-        cfg = build_config(BenchConfig, *[{**(l or {}), "finetune": ft} if l else l for l in layers], source="bench config")
+        cfg = build_config(BenchConfig, *[{**(lay or {}), "finetune": ft} if lay else lay for lay in layers],
+                           source="bench config")
         log(f"== run {name!r}")
         Runner(cfg, out / name, log=log, progress=progress).run()
         records[name] = read_results(out / name)
@@ -124,7 +125,8 @@ def side_by_side(spec: Dict[str, Any], records: Dict[str, List[Dict[str, Any]]])
     for group in spec["eval_sets"]:
         shots = sorted({int(k) for lab in spec["published"] for k in spec["published"][lab].get(group, {})}
                        | {k for (lab, g, k) in cells if g == group})
-        head = [("paper only" if spec["eval_sets"][group] is None else "ours / paper (Δ)")] + [f"{k}-shot" for k in shots]
+        head = ([("paper only" if spec["eval_sets"][group] is None else "ours / paper (Δ)")]
+                + [f"{k}-shot" for k in shots])
         rows = []
         for label in spec["rows"]:
             pub = spec["published"].get(label, {}).get(group, {})
@@ -139,7 +141,8 @@ def side_by_side(spec: Dict[str, Any], records: Dict[str, List[Dict[str, Any]]])
             rows.append(line)
         widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
         fmt = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))  # noqa: E731
-        text_parts.append("\n".join([f"[{group}]", fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]))
+        text_parts.append("\n".join([f"[{group}]", fmt(head), "  ".join("-" * w for w in widths)]
+                                    + [fmt(r) for r in rows]))
         md_parts.append("\n".join([f"### {group}", "", "| " + " | ".join(head) + " |",
                                    "|" + "|".join(["---"] + ["---:"] * len(shots)) + "|"]
                                   + ["| " + " | ".join(r) + " |" for r in rows]))

@@ -112,12 +112,14 @@ class BenchConfig:
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be a positive integer (or unset: chosen from the free cores), got {self.threads}")
+            raise ConfigError(f"threads must be a positive integer (or unset: chosen from the free cores), "
+                              f"got {self.threads}")
         bad = [e for e in self.encoders if e not in ENCODERS]
         if bad or not self.encoders:
             raise ConfigError(f"encoders must be a non-empty list of {', '.join(ENCODERS)}; got {self.encoders}")
         if self.mode not in ("adapters", "episodic"):
-            raise ConfigError(f"mode must be adapters (CoOp-style few-shot) or episodic (N-way K-shot); got {self.mode!r}")
+            raise ConfigError(f"mode must be adapters (CoOp-style few-shot) or episodic (N-way K-shot); "
+                              f"got {self.mode!r}")
         if self.mode == "episodic":
             from .protocols import EpisodicConfig
 
@@ -130,7 +132,8 @@ class BenchConfig:
 
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods must be a non-empty list of distinct method names, got {self.methods}")
-        if not isinstance(self.method_params, dict) or any(not isinstance(v, dict) for v in self.method_params.values()):
+        if (not isinstance(self.method_params, dict)
+                or any(not isinstance(v, dict) for v in self.method_params.values())):
             raise ConfigError("method_params must map method names to mappings of hyper-parameters")
         stray = sorted(set(self.method_params) - set(self.methods))
         if stray:
@@ -320,10 +323,12 @@ class Runner:
             link_into(self.out, d)
         status = meta.get("finetune_verdict", "ok")
         if status != "ok":
-            self.summary.flagged.append(f"{tag} {shots}-shot seed {seed}: {status} ({meta.get('finetune_verdict_reason')})")
+            self.summary.flagged.append(f"{tag} {shots}-shot seed {seed}: {status} "
+                                        f"({meta.get('finetune_verdict_reason')})")
         extra = {"encoder_source": "fine-tuned", "finetune": to_dict(fcfg), "method": method,
                  "method_params": meta.get("method_params"), "finetune_verdict": status,
-                 "finetune_verdict_reason": meta.get("finetune_verdict_reason", ""), "best_epoch": meta.get("best_epoch")}
+                 "finetune_verdict_reason": meta.get("finetune_verdict_reason", ""),
+                 "best_epoch": meta.get("best_epoch")}
         return bundle, extra
 
     def _user_encoder(self) -> Tuple[ClipBundle, Dict[str, Any]]:
@@ -465,7 +470,8 @@ class Runner:
         else:
             unknown = [o for o in cfg.ood if o not in ds.ood]
             if unknown:
-                raise ConfigError(f"unknown OOD set(s) {', '.join(unknown)} for {ds.name}; valid: {', '.join(ds.ood) or '(none)'}")
+                raise ConfigError(f"unknown OOD set(s) {', '.join(unknown)} for {ds.name}; "
+                                  f"valid: {', '.join(ds.ood) or '(none)'}")
             ood_names = list(cfg.ood)
         self._ood = {k: ds.ood[k] for k in ood_names}
         # the run folder gets its files only once the dataset and its OOD sets are known good
@@ -488,8 +494,9 @@ class Runner:
                 if cfg.protocol == "reference":
                     split = dataclasses.replace(split, val=ds.test, val_indices=[], val_from="test")
                 if cfg.skip_corrupt:
-                    split = dataclasses.replace(split, support=drop_unreadable(split.support, f"the {shots}-shot support set")[0],
-                                                val=drop_unreadable(split.val, "the validation set")[0])
+                    split = dataclasses.replace(
+                        split, support=drop_unreadable(split.support, f"the {shots}-shot support set")[0],
+                        val=drop_unreadable(split.val, "the validation set")[0])
                 else:  # fail in seconds, before any training, rather than mid-run
                     check_images(split.support, f"the {shots}-shot support set")
                     check_images(split.val, "the validation set")
@@ -517,7 +524,8 @@ class Runner:
         return self.summary
 
 
-def _plan(runner: "Runner", ds: FewShotDataset, adapters: List[str], encoders: List[str], mine, results) -> Dict[str, int]:
+def _plan(runner: "Runner", ds: FewShotDataset, adapters: List[str], encoders: List[str], mine,
+          results) -> Dict[str, int]:
     """The amount of work ahead: records to write, encoders to fine-tune, feature passes."""
     cfg = runner.cfg
     plan = {"records": 0, "done": 0, "finetune": 0, "in_store": 0, "passes": 0, "images": 0}
@@ -566,7 +574,8 @@ def results_name(shard: Optional[Tuple[int, int]]) -> str:
     return "results.jsonl" if shard is None else f"results-shard{shard[0]}of{shard[1]}.jsonl"
 
 
-def work_items(cfg: BenchConfig, encoders: List[str], shard: Optional[Tuple[int, int]] = None) -> List[Tuple[int, int, str]]:
+def work_items(cfg: BenchConfig, encoders: List[str],
+               shard: Optional[Tuple[int, int]] = None) -> List[Tuple[int, int, str]]:
     """The (seed, shots, encoder) work items of a run, in a fixed order; item ``j`` belongs
     to shard ``j % n``, so shards are disjoint and together cover the run."""
     items = [(seed, shots, enc) for seed in cfg.seeds for shots in cfg.shots for enc in encoders]

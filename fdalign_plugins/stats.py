@@ -106,7 +106,8 @@ def paired_interval(correct_base: np.ndarray, correct_method: np.ndarray, n_boot
     a = np.asarray(correct_base, dtype=np.float64)
     b = np.asarray(correct_method, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2 or a.size == 0:
-        raise ValueError(f"paired_interval needs two equal, non-empty [seeds, images] arrays; got {a.shape} and {b.shape}")
+        raise ValueError(f"paired_interval needs two equal, non-empty [seeds, images] arrays; "
+                         f"got {a.shape} and {b.shape}")
     diff = b - a  # [S, N]
     s, n = diff.shape
     seed_idx, image_idx, counts = _cached_draws(s, n, n_boot, seed)

@@ -121,7 +121,8 @@ class Usage:
 
     def text(self) -> str:
         """The size report ``fdalign-bench --store-size`` prints."""
-        unfinished = f", {self.encoders_unfinished} unfinished (training state only)" if self.encoders_unfinished else ""
+        unfinished = (f", {self.encoders_unfinished} unfinished (training state only)"
+                      if self.encoders_unfinished else "")
         return (f"store {self.root}\n"
                 f"  features: {self.feature_entries} entries, {_mb(self.feature_bytes)}\n"
                 f"  encoders: {self.encoders} folders{unfinished}, {_mb(self.encoder_bytes)}\n"

@@ -224,7 +224,8 @@ class Student(nn.Module):
 
 
 def batch_losses(student: nn.Module, frozen: Optional[nn.Module], method: Method, images: torch.Tensor,
-                 labels: torch.Tensor, protos: TextPrototypes, tau: float, step_seed: int = 0) -> Dict[str, torch.Tensor]:
+                 labels: torch.Tensor, protos: TextPrototypes, tau: float,
+                 step_seed: int = 0) -> Dict[str, torch.Tensor]:
     """One batch through the trained (and, if the method uses it, the frozen) encoder, then the method's loss."""
     feats, head_logits = student(images)  # [B, D], [B, C] | None
     logits = head_logits if head_logits is not None else cosine_logits(feats, protos.class_protos, tau)  # [B, C]
@@ -477,7 +478,8 @@ class _FineTuning:
         torch.manual_seed(epoch_seed(cfg.seed, epoch) + self.rank)  # any other randomness (e.g. dropout) restarts too
         set_train_mode(self.student, cfg.freeze_bn)
         train_tf = self.bundle.train_transform(scale=cfg.aug_scale, flip=False)
-        loader = make_loader(self.support, train_tf, cfg.batch_size, cfg.seed, epoch, cfg.workers, self.rank, self.world)
+        loader = make_loader(self.support, train_tf, cfg.batch_size, cfg.seed, epoch, cfg.workers, self.rank,
+                             self.world)
         sums: Dict[str, float] = {}
         seen = 0
         self.opt.zero_grad(set_to_none=True)
@@ -530,7 +532,8 @@ class _FineTuning:
         self.verdict = run_verdict(self.history, self.best.epoch, self.best.initial, len(self.classnames))
         if self.verdict["status"] == "ok" and self.finished.get("kept_stock") and \
                 self.finished.get("chosen_on") == "validation":
-            self.verdict = {"status": "rejected", "reason": "WiSE chose a = 0 on validation: the stock encoder was kept"}
+            self.verdict = {"status": "rejected",
+                            "reason": "WiSE chose a = 0 on validation: the stock encoder was kept"}
         line = status_line(self.verdict)
         if line:
             self.say(line)
@@ -553,7 +556,8 @@ class _FineTuning:
             "history": self.history, "best_epoch": self.best.epoch,
             "best_val_acc": self.best.score if self.val_x is not None else None,
             "val_acc_epoch0": self.best.initial if self.val_x is not None else None,
-            "finetune_verdict": self.verdict["status"], "finetune_verdict_reason": self.verdict["reason"], "finish": self.finished,
+            "finetune_verdict": self.verdict["status"], "finetune_verdict_reason": self.verdict["reason"],
+            "finish": self.finished,
             "logit_scale": self.tau, "image_size": self.bundle.image_size,
             "encoder_fingerprint": state_fingerprint(self.visual), "train_seconds": time.time() - self.t_start,
             "package_version": __version__,

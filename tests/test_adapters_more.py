@@ -24,7 +24,7 @@ from fdalign_adapters.clip_adapter import CLIPAdapter, init_mlp
 from fdalign_adapters.gda import ISOTROPIC, GDAAdapter
 from fdalign_adapters.linear_probe import LinearProbeAdapter
 from fdalign_adapters.lp_pp import LPPlusPlusAdapter
-from fdalign_plugins.adapter_api import FewShotTask, check_selection, normalise, selection_used
+from fdalign_plugins.adapter_api import check_selection, normalise, selection_used
 from fdalign_plugins.errors import ConfigError, DataError
 
 from test_adapters import make_task, test_features

@@ -1,7 +1,6 @@
 """End-to-end benchmark runs on a very small world with the tiny test model."""
 
 import json
-import os
 import warnings
 
 import pytest

@@ -262,7 +262,7 @@ def test_pretraining_lowers_the_loss_and_saves_loadable_weights(tmp_path, pretra
     cfg = PretrainConfig(per_pair=2, num_classes=4, batch_size=32, max_steps=24, log_every=6, warmup_steps=2,
                          text_warmup_steps=6, lr=2e-3)
     model, hist = pretrain(cfg, log=lambda s: None)
-    losses = [l for _, l in hist["losses"]]
+    losses = [loss for _, loss in hist["losses"]]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert hist["text_warmup"][-1][1] < hist["text_warmup"][0][1] or len(hist["text_warmup"]) == 1
     path = save_weights(model, tmp_path, {"model": "fdalign-world-tiny", "test": True})

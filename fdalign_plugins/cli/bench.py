@@ -59,12 +59,14 @@ def build_parser() -> OneLineParser:
     a("--cache-dir", metavar="DIR", help="the store of fine-tuned encoders and features shared by all run folders "
       "(default: $FDALIGN_STORE, else $FDALIGN_CACHE/store, else ~/.cache/fdalign/store)")
     a("--store-size", action="store_true", help="print what the store (--cache-dir) holds and exit")
-    a("--prune", metavar="DAYS", type=float, help="remove store entries no run has used for DAYS days (0: all) and exit")
+    a("--prune", metavar="DAYS", type=float,
+      help="remove store entries no run has used for DAYS days (0: all) and exit")
     a("--epochs", metavar="N", help="FD-Align fine-tuning epochs (overrides finetune.epochs)")
     a("--lr", metavar="LR", help="FD-Align learning rate (overrides finetune.lr)")
     a("--beta", metavar="B", help="weight of the spurious KL (overrides finetune.beta)")
     a("--kl-direction", metavar="D", help="overview (KL(P_ft||P_0), default) or reference (KL(P_0||P_ft))")
-    a("--warmup-iters", metavar="N", help="linear LR warm-up iterations of fine-tuning (overrides finetune.warmup_iters)")
+    a("--warmup-iters", metavar="N",
+      help="linear LR warm-up iterations of fine-tuning (overrides finetune.warmup_iters)")
     a("--grad-clip", metavar="G", help="clip fine-tuning's global gradient norm to G; 0 = off "
       "(overrides finetune.grad_clip)")
     a("--shard", metavar="i/n", help="run only shard i of n (0 <= i < n) of the (seed, shots, encoder) work items; "
@@ -78,7 +80,8 @@ def build_parser() -> OneLineParser:
     a("--report", nargs="*", metavar="RESULTS", help="rebuild tables, intervals, ECE and plot from results.jsonl "
       "file(s)/folder(s) and their saved predictions, without a model; with no paths, from the run folder the same "
       "command computes into (--out or its default)")
-    a("--quiet", action="store_true", help="no progress bars or lines, no per-record lines (failures are still printed)")
+    a("--quiet", action="store_true",
+      help="no progress bars or lines, no per-record lines (failures are still printed)")
     return p
 
 

@@ -111,7 +111,8 @@ def _run(args) -> int:
     final = out / WEIGHTS_NAME
     if final.exists():
         if not args.resume:
-            raise ConfigError(f"{out} already holds a checkpoint ({final}); pass --resume to keep it or choose another --out")
+            raise ConfigError(f"{out} already holds a checkpoint ({final}); pass --resume to keep it "
+                              "or choose another --out")
         _, meta = read_encoder(final)
         print(f"checkpoint already complete: {final} (best epoch {meta.get('best_epoch')})")
         return 0
@@ -128,7 +129,8 @@ def _run(args) -> int:
     main_rank = is_main()
     if main_rank:
         steps = math.ceil(math.ceil(len(split.support) / cfg.batch_size) / cfg.grad_accum)
-        print(f"{PROG}: {bundle.model_name} ({bundle.pretrained or 'random init'}) on {ds.name}: {len(ds.classnames)} classes, "
+        print(f"{PROG}: {bundle.model_name} ({bundle.pretrained or 'random init'}) on {ds.name}: "
+              f"{len(ds.classnames)} classes, "
               f"{len(split.support)} support / {len(split.val)} validation images (validation from {split.val_from}); "
               f"{cfg.epochs} epoch(s) x {steps} step(s), state saved after each epoch in {out}; "
               f"method {cfg.method} {cfg.method_hparams()}", file=sys.stderr)

@@ -39,7 +39,8 @@ _episodic_folder = _lazy(".episodic", "build_episodic_folder")
 def fdalign_register_datasets(register):
     register(DatasetSpec(
         name="world",
-        summary="synthetic style-shift world (embedded default): train/val/test with class-correlated contexts, OOD decorrelated and sketch",
+        summary="synthetic style-shift world (embedded default): train/val/test with class-correlated contexts, "
+                "OOD decorrelated and sketch",
         build=_world,
         needs_root=False,
     ))

@@ -41,7 +41,8 @@ def scan_class_folders(root: Path, classnames: Optional[List[str]] = None) -> Tu
     empty = []
     for c in classnames:
         d = root / c
-        files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS) if d.is_dir() else []
+        files = (sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+                 if d.is_dir() else [])
         if not files:
             empty.append(c)
         items.extend((str(p.relative_to(root)), index[c]) for p in files)
@@ -91,7 +92,8 @@ def build_folder_dataset(root, name: str = "folder", templates: Optional[List[st
                          test_fraction: float = DEFAULT_TEST_FRACTION, test_seed: int = 0) -> FewShotDataset:
     """A :class:`FewShotDataset` from a folder-per-class tree (see module docstring)."""
     if root is None:
-        raise DataError("the folder dataset needs a data root: --data-root PATH (a folder with one sub-folder per class)")
+        raise DataError("the folder dataset needs a data root: --data-root PATH "
+                        "(a folder with one sub-folder per class)")
     root = Path(root)
     base = root / "train" if (root / "train").is_dir() else root
     classnames, train = scan_class_folders(base)

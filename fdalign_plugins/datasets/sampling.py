@@ -63,7 +63,8 @@ def sample_per_class(
     if short:
         desc = ", ".join(f"class {c} has {n}" for c, n in short[:5])
         warnings.warn(
-            f"{what}: {len(short)} class(es) have fewer than {shots} images ({desc}{', ...' if len(short) > 5 else ''}); "
+            f"{what}: {len(short)} class(es) have fewer than {shots} images "
+            f"({desc}{', ...' if len(short) > 5 else ''}); "
             "sampled with replacement",
             stacklevel=2,
         )
