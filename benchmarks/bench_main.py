@@ -57,9 +57,9 @@ def _load() -> str:
 
 
 def _threads_line(err: str) -> str:
-    """The job's thread choice, from its last line (``...; threads: 1 of 2 available core(s) ...``)."""
-    last = err.strip().splitlines()[-1] if err.strip() else ""
-    return last[last.index("threads:"):] if "threads:" in last else "threads: (not printed)"
+    """The job's thread choice, from its summary line (``...; threads: 1 of 2 available core(s) ...``)."""
+    line = next((x for x in reversed(err.splitlines()) if "record(s) written" in x and "threads:" in x), "")
+    return line[line.index("threads:"):] if line else "threads: (not printed)"
 
 
 def extraction_ratio(batch: int = 256, repeats: int = 3) -> None:
