@@ -14,8 +14,8 @@
 
 Every image has its own random stream ``(seed, split stream, index)``, so splits never
 share an image, and a split is the same whatever the sizes of the other splits.
-Generated arrays are cached on disk as one ``.npz`` per (generator version, seed,
-sizes), written atomically.
+Generated arrays are cached on disk as one ``.npz`` per (generator version, context
+probability, seed, sizes), written atomically.
 """
 
 from __future__ import annotations
