@@ -90,6 +90,16 @@ def image_folder(tmp_path):
     return make_image_folder(tmp_path / "images")
 
 
+@pytest.fixture()
+def task(image_folder):
+    """The trainer and method tests' few-shot task: 4 shots of the image folder, 2 for validation."""
+    from fdalign_plugins.datasets import few_shot_split
+    from fdalign_plugins.datasets.folder import build_folder_dataset
+
+    ds = build_folder_dataset(image_folder)
+    return ds, few_shot_split(ds, 4, 0, val_shots=2)
+
+
 @pytest.fixture(autouse=True)
 def _private_store(tmp_path, monkeypatch):
     """Each test gets its own encoder/feature store, so counts of work done are its own."""

@@ -15,36 +15,18 @@ import torch
 
 from fdalign_plugins import plugins
 from fdalign_plugins.config import FinetuneConfig, build_config
-from fdalign_plugins.datasets import few_shot_split
 from fdalign_plugins.datasets.folder import build_folder_dataset
 from fdalign_plugins.errors import CheckpointError, ConfigError, PluginError, TrainingError
 from fdalign_plugins.method_api import BatchOutputs, FinishContext, interpolate_weights, wise_finish
 from fdalign_plugins.methods.fd_align import TextPrototypes
-from fdalign_plugins.models import load_clip
 from fdalign_plugins.plugins import get_plugin_manager
 from fdalign_plugins.spine import BestState, check_finite, config_diff, run_verdict
 from fdalign_plugins.trainer import finetune
 
+from test_trainer import _cfg, _fresh
+
 BUILTIN_METHODS = ["fd-align", "full-ft", "lipsum-ft", "lp-ft", "wise-ft"]
 TEMPLATES = ["a photo of a {}.", "a sketch of a {}.", "a dark photo of a {}."]
-
-
-def _cfg(name, **kw):
-    base = dict(model=name, pretrained=None, dataset="folder", shots=4, seed=0, epochs=2, batch_size=4, lr=0.01,
-                templates=TEMPLATES, spc_keep=2, spc_k=2, val_shots=2)
-    base.update(kw)
-    return build_config(FinetuneConfig, base)
-
-
-@pytest.fixture()
-def task(image_folder):
-    ds = build_folder_dataset(image_folder)
-    return ds, few_shot_split(ds, 4, 0, val_shots=2)
-
-
-def _fresh(name):
-    torch.manual_seed(0)
-    return load_clip(name, None)
 
 
 def _quiet(_s):

@@ -23,12 +23,6 @@ def _cfg(tiny_model_name, **kw):
     return build_config(FinetuneConfig, base)
 
 
-@pytest.fixture()
-def task(image_folder):
-    ds = build_folder_dataset(image_folder)
-    return ds, few_shot_split(ds, 4, 0, val_shots=2)
-
-
 def _fresh(name):
     torch.manual_seed(0)
     return load_clip(name, None)
