@@ -90,6 +90,16 @@ def image_folder(tmp_path):
     return make_image_folder(tmp_path / "images")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids thread hand-offs on a shared 2-core box
+    (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture()
 def task(image_folder):
     """The trainer and method tests' few-shot task: 4 shots of the image folder, 2 for validation."""

@@ -27,13 +27,7 @@ from fdalign_plugins.errors import DataError, FDAlignError
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest.one_thread)
 
 
 def make_task(seed=0, classes=4, shots=3, views=2, dim=12, num_val=24, dataset="some_new_dataset", spread=0.8):

@@ -20,13 +20,7 @@ from fdalign_plugins.adapter_api import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest.one_thread)
 
 
 def _problem(seed: int, num_val: int = 40, classes: int = 6, shots: int = 4, dim: int = 16, text_noise: float = 1.5):
