@@ -17,11 +17,13 @@ Run::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,9 +35,13 @@ from fdalign_plugins.config import FinetuneConfig  # noqa: E402
 from fdalign_plugins.datasets.sampling import few_shot_split  # noqa: E402
 from fdalign_plugins.errors import TrainingError  # noqa: E402
 from fdalign_plugins.models import load_clip  # noqa: E402
-from fdalign_plugins.prompts import IMAGENET_TEMPLATES, class_prototypes, encode_prompts, normalise  # noqa: E402
+from fdalign_plugins.prompts import IMAGENET_TEMPLATES, class_prototypes, encode_prompts  # noqa: E402
 from fdalign_plugins.trainer import encode_images, finetune  # noqa: E402
 from fdalign_plugins.world.dataset import build_world_dataset  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("world_quality", Path(__file__).with_name("world_quality.py"))
+wq = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(wq)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -61,8 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tf = base.eval_transform
 
     def val_acc(visual) -> float:
-        pred = (normalise(encode_images(visual, ds.val, tf)) @ W.t()).argmax(1).numpy()
-        return float((pred == ds.val.labels).mean() * 100)
+        return wq.accuracy(encode_images(visual, ds.val, tf), ds.val.labels, W)
 
     zs = val_acc(base.model.visual)
     print(f"{args.shots}-shot FD-Align (beta {args.beta:g}) recipes, validation split ({len(ds.val)} images), "
