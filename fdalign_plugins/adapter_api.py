@@ -29,7 +29,7 @@ from __future__ import annotations
 import abc
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -49,6 +49,14 @@ from .search import (
     grid_values,
     search_cache_grid,
     search_list,
+)
+from .specs import (  # the specs live below the layers that look them up; plugin authors import them here
+    SELECTION_POLICIES,
+    AdapterSpec,
+    DatasetSpec,
+    HParam,
+    check_hparams,
+    resolve_hparams,
 )
 
 __all__ = [
@@ -86,209 +94,6 @@ __all__ = [
 
 #: The logit scale of the zero-shot term (CLIP's τ for the OpenAI checkpoints).
 ZERO_SHOT_SCALE = 100.0
-
-#: How hyper-parameters (and a best epoch) were chosen: on the few-shot validation split,
-#: not at all, or on the test set (``--protocol reference`` only; every output flags it).
-SELECTION_POLICIES = ("val", "fixed", "test")
-
-
-def _frozen(mapping: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(mapping or {}))
-
-
-# --------------------------------------------------------------------------- hyper-parameters
-
-
-@dataclass(frozen=True)
-class HParam:
-    """The declared type and range of one adapter hyper-parameter.
-
-    Values from YAML or from code are coerced to ``type`` (``"7"`` -> ``7.0`` for a
-    float; ``"true"`` -> ``True`` for a bool) and checked against the range before any
-    model is loaded, so a typo fails in a second, not after feature extraction.
-
-    Attributes:
-        type: ``bool``, ``int``, ``float``, ``str`` or ``list`` (``object``: anything).
-        low: smallest allowed value (numbers), or ``None``.
-        high: largest allowed value (numbers), or ``None``.
-        choices: the allowed values (strings), or ``None``.
-        help: one line for listings and error messages.
-    """
-
-    type: type = object
-    low: Optional[float] = None
-    high: Optional[float] = None
-    choices: Optional[Sequence[Any]] = None
-    help: str = ""
-
-    @staticmethod
-    def infer(default: Any) -> "HParam":
-        """The declaration of a hyper-parameter that has none: the type of its default
-        (a plugin written before declarations existed keeps working, typed)."""
-        for tp in (bool, int, float, str):  # bool first: True is an int too
-            if isinstance(default, tp):
-                return HParam(tp)
-        if isinstance(default, (list, tuple)):
-            return HParam(list)
-        return HParam(object)
-
-    def coerce(self, where: str, value: Any) -> Any:
-        """``value`` as this type, in range; :class:`ConfigError` naming ``where`` otherwise."""
-        tp = self.type
-        bad = f"{where} must be {_TYPE_WORDS.get(tp, tp.__name__)}, got {value!r}"
-        if tp is bool:
-            if isinstance(value, bool):
-                out: Any = value
-            elif isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-                out = value.lower() in _TRUE
-            else:
-                raise ConfigError(bad)
-        elif tp in (int, float):
-            if isinstance(value, bool):
-                raise ConfigError(bad)
-            try:
-                num = float(value)
-            except (TypeError, ValueError):
-                raise ConfigError(bad) from None
-            if tp is int:
-                if not math.isfinite(num) or num != int(num):
-                    raise ConfigError(bad)
-                out = int(num)
-            else:
-                if math.isnan(num):
-                    raise ConfigError(bad)
-                out = num
-            if (self.low is not None and out < self.low) or (self.high is not None and out > self.high):
-                lo = "-inf" if self.low is None else f"{self.low:g}"
-                hi = "inf" if self.high is None else f"{self.high:g}"
-                raise ConfigError(f"{where} must lie in [{lo}, {hi}], got {value!r}")
-        elif tp is str:
-            if not isinstance(value, str):
-                raise ConfigError(bad)
-            out = value
-        elif tp is list:
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(bad)
-            out = list(value)
-        else:
-            out = value
-        if self.choices is not None and out not in self.choices:
-            raise ConfigError(f"{where} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
-        return out
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
-
-
-def check_hparams(
-    adapter: str,
-    defaults: Mapping[str, Any],
-    declared: Mapping[str, HParam],
-    explicit: Mapping[str, Any],
-) -> Dict[str, Any]:
-    """Check explicit hyper-parameters by name, type and range; return them coerced.
-
-    A name must be a key of ``defaults``; its declaration is ``declared[name]``, or the
-    type of its default when the adapter declares none.
-
-    Raises:
-        ConfigError: an unknown name (the message lists the valid ones), a value of the
-            wrong type or out of range.
-    """
-    unknown = sorted(set(explicit) - set(defaults))
-    if unknown:
-        valid = ", ".join(sorted(defaults)) or "(none)"
-        raise ConfigError(f"adapter '{adapter}': unknown hyper-parameter(s) {', '.join(unknown)}; valid: {valid}")
-    out = {}
-    for k, v in explicit.items():
-        decl = declared.get(k) or HParam.infer(defaults[k])
-        out[k] = decl.coerce(f"adapter '{adapter}': hyper-parameter {k}", v)
-    return out
-
-
-# --------------------------------------------------------------------------- specs
-
-
-@dataclass(frozen=True)
-class AdapterSpec:
-    """Registry metadata of one adapter.
-
-    Attributes:
-        name: registry name, e.g. ``"tip-f"``; unique across all installed plugins.
-        summary: one line for listings.
-        trains: whether ``fit`` runs gradient training (Tip-F, APE-T) or not.
-        factory: ``factory(**hparams) -> Adapter``; usually the :class:`Adapter` subclass.
-        defaults: every hyper-parameter with its generic default; the keys are the
-            valid hyper-parameter names.
-        dataset_defaults: overrides per dataset name (the SPEC table), e.g.
-            ``{"eurosat": {"beta_scale": 12, "alpha_scale": 10}}``.
-        search_space: the hyper-parameters searched on validation, each a
-            :class:`GridAxis` naming the hyper-parameters that hold its scale and step
-            count, e.g. ``{"beta": GridAxis("beta_scale", "beta_steps", 0.1)}``.
-        selection: the selection policies the adapter supports, a subset of
-            :data:`SELECTION_POLICIES` (``("fixed",)`` for an adapter that chooses
-            nothing; ``("val",)`` for one whose method never selects on test data).
-        distribution: the installed distribution the plugin came from; filled in by
-            the plugin manager (leave empty when registering).
-        hparam_types: :class:`HParam` declarations (type, range) by hyper-parameter
-            name; a name without one is typed by its default's type.
-    """
-
-    name: str
-    summary: str
-    trains: bool
-    factory: Callable[..., "Adapter"]
-    defaults: Mapping[str, Any]
-    dataset_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    search_space: Mapping[str, Any] = field(default_factory=dict)
-    selection: Tuple[str, ...] = ("val", "test")
-    distribution: str = ""
-    hparam_types: Mapping[str, HParam] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        bad = [p for p in self.selection if p not in SELECTION_POLICIES]
-        if bad or not self.selection:
-            raise ConfigError(f"adapter '{self.name}': selection must be a non-empty subset of "
-                              f"{', '.join(SELECTION_POLICIES)}, got {tuple(self.selection)}")
-        object.__setattr__(self, "selection", tuple(self.selection))
-        object.__setattr__(self, "defaults", _frozen(self.defaults))
-        object.__setattr__(self, "hparam_types", _frozen(self.hparam_types))
-        object.__setattr__(
-            self, "dataset_defaults", _frozen({k: _frozen(v) for k, v in dict(self.dataset_defaults).items()})
-        )
-        object.__setattr__(self, "search_space", _frozen(self.search_space))
-
-    def resolve(self, dataset: str, explicit: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-        """Hyper-parameters for ``dataset``: explicit > per-dataset default > default."""
-        return resolve_hparams(self.defaults, self.dataset_defaults, dataset, explicit or {})
-
-    def check(self, explicit: Mapping[str, Any]) -> Dict[str, Any]:
-        """Explicit hyper-parameters checked by name, type and range, and coerced
-        (see :func:`check_hparams`); run before any model is loaded."""
-        return check_hparams(self.name, self.defaults, self.hparam_types, explicit)
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Registry metadata of one dataset.
-
-    Attributes:
-        name: registry name, e.g. ``"eurosat"``; also the key of adapters' per-dataset
-            defaults.
-        summary: one line for listings.
-        build: ``build(root: Path | None, **options) -> FewShotDataset``
-            (:class:`fdalign_plugins.datasets.base.FewShotDataset`).
-        needs_root: whether ``build`` needs a data folder (``False`` for synthetic data).
-        distribution: filled in by the plugin manager.
-    """
-
-    name: str
-    summary: str
-    build: Callable[..., Any]
-    needs_root: bool = True
-    distribution: str = ""
 
 
 # --------------------------------------------------------------------------- task
@@ -444,32 +249,6 @@ def scale_channel_count(q: int, dim: int, ref_dim: int = 1024) -> int:
     table are for RN50's 1024 channels).
     """
     return int(min(max(int(round(q * dim / ref_dim)), 1), dim))
-
-
-def resolve_hparams(
-    defaults: Mapping[str, Any],
-    dataset_defaults: Mapping[str, Mapping[str, Any]],
-    dataset: str,
-    explicit: Mapping[str, Any],
-) -> Dict[str, Any]:
-    """Resolve hyper-parameters: explicit > ``dataset_defaults[dataset]`` > ``defaults``.
-
-    The dataset name is matched exactly, then lower-cased with ``-`` read as ``_``;
-    an unknown dataset gets the generic defaults.
-
-    Raises:
-        ConfigError: an explicit name that is not a known hyper-parameter.
-    """
-    unknown = sorted(set(explicit) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"unknown hyper-parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(defaults)) or '(none)'}"
-        )
-    key = dataset if dataset in dataset_defaults else str(dataset).lower().replace("-", "_")
-    resolved = dict(defaults)
-    resolved.update(dataset_defaults.get(key, {}))
-    resolved.update(explicit)
-    return resolved
 
 
 def protocol_policy(protocol: str) -> str:

@@ -15,9 +15,15 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Uni
 import yaml
 
 from .errors import ConfigError
-from .models import DEFAULT_MODEL
+from .registry import get_method_spec
+from .specs import resolve_method
 
 C = TypeVar("C")
+
+#: Model used when the user names none: the tiny CLIP pretrained on the synthetic world
+#: (re-exported by :mod:`fdalign_plugins.models`).
+DEFAULT_MODEL = "fdalign-world-tiny"
+DEFAULT_PRETRAINED = "world"
 
 
 @dataclass
@@ -93,15 +99,10 @@ class FinetuneConfig:
             PluginError: unknown method (listing the valid ones).
             ConfigError: unknown hyper-parameter (listing the valid ones).
         """
-        from .method_api import resolve_method
-        from .plugins import get_method_spec
-
         return resolve_method(get_method_spec(self.method), self, self.method_params)
 
     def create_method(self):
         """A new :class:`~fdalign_plugins.method_api.Method` for ``method`` with its resolved hyper-parameters."""
-        from .plugins import get_method_spec
-
         return get_method_spec(self.method).factory(**self.method_hparams())
 
 

@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING, Callable
 
 import pluggy
 
-if TYPE_CHECKING:  # imported for annotations only; no import cycle at run time
-    from .adapter_api import AdapterSpec, DatasetSpec
-    from .method_api import MethodSpec
+if TYPE_CHECKING:  # for annotations only: the specs sit below the hooks (fdalign_plugins.specs)
+    from .specs import AdapterSpec, DatasetSpec, MethodSpec
 
 #: Marker for the hook specifications below (project name ``"fdalign"``).
 hookspec = pluggy.HookspecMarker("fdalign")

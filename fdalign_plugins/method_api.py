@@ -21,7 +21,7 @@ and stay top-level keys).
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -29,7 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .registry import declare_method_suffix
 from .spc import SPCResult
+from .specs import MethodSpec, resolve_method  # below the registry that looks methods up; re-exported here
 
 __all__ = ["BatchOutputs", "FinishContext", "Method", "MethodContext", "MethodSpec", "TextPrototypes", "WISE_DEFAULTS",
            "WISE_SUFFIX", "interpolate_weights", "resolve_method", "with_wise"]
@@ -129,31 +131,6 @@ class FinishContext:
     stock: Dict[str, Dict[str, Tensor]]
     val_accuracy: Optional[Callable[[], float]]
     log: Callable[[str], None] = print
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """Registry metadata of one fine-tuning method.
-
-    Attributes:
-        name: registry name, e.g. ``"wise-ft"``; unique across installed plugins.
-        summary: one line for listings.
-        factory: ``factory(**hparams) -> Method`` with every hyper-parameter resolved.
-        defaults: every hyper-parameter with its default (the valid ``method_params``).
-        reads: top-level fine-tuning config keys the method uses.
-        distribution: filled in by the plugin manager (leave empty).
-    """
-
-    name: str
-    summary: str
-    factory: Callable[..., "Method"]
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    reads: Tuple[str, ...] = ()
-    distribution: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
-        object.__setattr__(self, "reads", tuple(self.reads))
 
 
 class Method(abc.ABC):
@@ -326,26 +303,10 @@ def with_wise(spec: MethodSpec, name: Optional[str] = None, summary: Optional[st
                       distribution=spec.distribution)
 
 
+declare_method_suffix(WISE_SUFFIX, with_wise)  # "<method>+wise" names that method composed with WiSE-FT
+
+
 # --------------------------------------------------------------------------- resolution
-
-
-def resolve_method(spec: MethodSpec, config: Any, params: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """A method's hyper-parameters: defaults < the config keys it reads < ``params``.
-
-    Raises:
-        ConfigError: a name in ``params`` the method does not take (listing the valid ones).
-    """
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(spec.defaults))
-    if unknown:
-        hint = [k for k in unknown if k in spec.reads]
-        extra = f" ({', '.join(hint)} is a top-level fine-tuning key)" if hint else ""
-        raise ConfigError(f"method '{spec.name}' has no hyper-parameter(s) {', '.join(unknown)}{extra}; "
-                          f"valid: {', '.join(sorted(spec.defaults)) or '(none)'}")
-    hp = dict(spec.defaults)
-    hp.update({k: getattr(config, k) for k in spec.reads})
-    hp.update(params)
-    return hp
 
 
 def jsonable_hparams(hp: Mapping[str, Any]) -> Dict[str, Any]:
@@ -358,3 +319,4 @@ def jsonable_hparams(hp: Mapping[str, Any]) -> Dict[str, Any]:
 def names_of(specs: Sequence[MethodSpec]) -> List[str]:
     """The names of ``specs``."""
     return [s.name for s in specs]
+

@@ -24,14 +24,12 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
+from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED  # noqa: F401  (their home is config; re-exported here)
 from .errors import CheckpointError, ConfigError, FDAlignError
 # The registry lives one layer down so that the world model can register itself without importing
 # this module (which imports the world model for the default); re-exported here, its public home.
 from .model_registry import _DEFAULT_TAG, _PRETRAINED, _REGISTERED, register_model_config  # noqa: F401
 
-#: Model used when the user names none: the tiny CLIP pretrained on the synthetic world.
-DEFAULT_MODEL = "fdalign-world-tiny"
-DEFAULT_PRETRAINED = "world"
 
 def _ensure_builtin_models() -> None:
     """Register the packaged world model (imported lazily: it needs no network)."""

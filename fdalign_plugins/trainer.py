@@ -49,7 +49,7 @@ from .losses import cosine_logits
 from .method_api import BatchOutputs, FinishContext, Method, MethodContext, jsonable_hparams
 from .methods.fd_align import TextPrototypes, text_prototypes
 from .models import ClipBundle, state_fingerprint
-from .plugins import get_method_spec
+from .registry import get_method_spec
 from .prompts import normalise
 from .spine import (
     BestState, OptimizerSettings, check_finite, clip_gradients, make_optimizer, make_schedule, read_state,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, List, Optional
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from ..registry import get_dataset_spec
 from .base import ArraySplit, FewShotDataset, FileSplit, ImageSplit, SubsetSplit
 from .episodic import sample_episode
 from .sampling import FewShotSplit, few_shot_split, sample_per_class
@@ -26,8 +27,6 @@ def load_dataset(name: str, root: Optional[str] = None, /, **options: Any) -> Fe
         DataError: the dataset needs ``root`` and none was given, its files are missing,
             or it has fewer than 2 classes.
     """
-    from ..plugins import get_dataset_spec
-
     spec = get_dataset_spec(name)
     if spec.needs_root and not root:
         raise DataError(f"dataset {name!r} needs a data root: pass --data-root PATH (see docs/datasets.md)")
@@ -35,8 +34,6 @@ def load_dataset(name: str, root: Optional[str] = None, /, **options: Any) -> Fe
         ds = spec.build(Path(root) if root else None, **options)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
-            from ..errors import ConfigError
-
             bad = str(exc).split("unexpected keyword argument")[-1].strip()
             raise ConfigError(f"dataset {name!r} does not take the option {bad} (dataset_options)") from None
         raise

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .. import hookimpl
-from ..adapter_api import DatasetSpec
+from ..specs import DatasetSpec
 from .coop import COOP_LAYOUTS
 from .imagenet import OOD_LAYOUTS
 

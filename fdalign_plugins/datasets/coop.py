@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import DataError
-from ..prompts import COOP_TEMPLATES
+from ..templates import COOP_TEMPLATES
 from .base import FewShotDataset, FileSplit
 from .splitjson import build_split_dataset, doc_ref, require_dir, require_file, safe_relpath, spot_check_files
 

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..prompts import IMAGENET_TEMPLATES
+from ..templates import IMAGENET_TEMPLATES
 from .base import FewShotDataset, FileSplit
 from .classnames import imagenet_classnames, imagenet_wnid_index, is_wnid, pretty_classname
 from .coop import dataset_folder

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import DataError
-from ..prompts import COOP_TEMPLATES
+from ..templates import COOP_TEMPLATES
 from .base import FewShotDataset, FileSplit
 from .classnames import IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, IMAGENET_WNIDS, imagenet_classnames, imagenet_wnid_index
 from .coop import dataset_folder
