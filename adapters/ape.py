@@ -41,6 +41,7 @@ from fdalign_plugins.adapter_api import (
     count_correct,
     normalise,
     one_hot,
+    percent,
     scale_channel_count,
     search_cache_grid,
     zero_shot_logits,
@@ -237,7 +238,7 @@ class APEAdapter(Adapter):
             self.val_accuracy = result.accuracy
         else:
             self._alpha, self._beta, self._gamma = float(hp["alpha"]), float(hp["beta"]), float(hp["gamma"])
-            self.val_accuracy = 100.0 * count_correct(self._logits(val), val_labels) / len(val)
+            self.val_accuracy = percent(count_correct(self._logits(val), val_labels), len(val))
         chosen = dict(hp)
         chosen.update(
             alpha=self._alpha, beta=self._beta, gamma=self._gamma,

@@ -37,6 +37,7 @@ from fdalign_plugins.adapter_api import (
     build_cache_keys,
     cache_logits,
     count_correct,
+    percent,
     scale_channel_count,
     search_cache_grid,
     train_on_views,
@@ -220,7 +221,7 @@ class APETAdapter(Adapter):
             self.val_accuracy = result.accuracy
         else:
             self._alpha, self._beta = alpha0, beta0
-            self.val_accuracy = 100.0 * count_correct(self._logits(val), val_labels) / len(val)
+            self.val_accuracy = percent(count_correct(self._logits(val), val_labels), len(val))
         chosen = dict(hp)
         chosen.update(
             alpha=self._alpha, beta=self._beta, init_alpha=hp["alpha"], init_beta=hp["beta"],

@@ -43,6 +43,7 @@ from fdalign_plugins.adapter_api import (
     check_every_class,
     count_correct,
     normalise,
+    percent,
     train_on_views,
     zero_shot_logits,
 )
@@ -133,7 +134,7 @@ class CLAPAdapter(Adapter):
         self._prototypes = prototypes.detach()
         with torch.no_grad():  # reported only; nothing was chosen with it
             val = task.val_features.to(dtype)
-            self.val_accuracy = 100.0 * count_correct(clap_logits(val, self._prototypes), task.val_labels) / len(val)
+            self.val_accuracy = percent(count_correct(clap_logits(val, self._prototypes), task.val_labels), len(val))
         self.record_chosen({**hp, "penalty_weight_mean": float(self._penalty_weights.mean())})
         return self
 

@@ -34,13 +34,14 @@ from torch import Tensor
 
 from fdalign_plugins import hookimpl
 from fdalign_plugins.adapter_api import (
+    TRAIN_HPARAMS,
     Adapter,
     AdapterSpec,
     FewShotTask,
     GridList,
     HParam,
-    TRAIN_HPARAMS,
     normalise,
+    percent,
     search_list,
     train_on_views,
     zero_shot_logits,
@@ -147,7 +148,7 @@ class CLIPAdapter(Adapter):
         chosen = trained[best]
         self._ratio, self._w1, self._w2 = ratios[best], chosen["w1"], chosen["w2"]
         self.train_result = chosen["result"]
-        self.val_accuracy = 100.0 * counts[best] / len(task.val_labels)
+        self.val_accuracy = percent(counts[best], len(task.val_labels))
         self.record_chosen({**hp, "ratio": self._ratio, "best_epoch": self.train_result.best_epoch,
                             "val_correct_per_ratio": counts})
         return self

@@ -47,6 +47,7 @@ from fdalign_plugins.adapter_api import (
     check_every_class,
     count_correct,
     normalise,
+    percent,
     search_list,
     zero_shot_logits,
 )
@@ -143,10 +144,10 @@ class GDAAdapter(Adapter):
             alphas = self.search_grid()["alpha"]
             best, counts = search_list(alphas, lambda a: count_correct(base + a * gda, val_labels))
             self._alpha = alphas[best]
-            self.val_accuracy = 100.0 * counts[best] / len(val)
+            self.val_accuracy = percent(counts[best], len(val))
         else:
             self._alpha = float(hp["alpha"])
-            self.val_accuracy = 100.0 * count_correct(base + self._alpha * gda, val_labels) / len(val)
+            self.val_accuracy = percent(count_correct(base + self._alpha * gda, val_labels), len(val))
         self.record_chosen({**hp, "alpha": self._alpha, "covariance": ISOTROPIC if isotropic else "shrinkage"})
         return self
 

@@ -44,6 +44,7 @@ from fdalign_plugins.adapter_api import (
     HParam,
     build_cache_keys,
     count_correct,
+    percent,
     search_list,
 )
 from fdalign_plugins.errors import ConfigError
@@ -204,7 +205,7 @@ class LinearProbeAdapter(Adapter):
         else:
             self._c, tried = float(hp["C"]), [(float(hp["C"]), correct(float(hp["C"])))]
         self._weight, self._bias, iterations = fitted(self._c)
-        self.val_accuracy = 100.0 * correct(self._c) / len(val)
+        self.val_accuracy = percent(correct(self._c), len(val))
         self.record_chosen({**hp, "C": self._c, "iterations": iterations, "fits": len(fits),
                             "val_correct_per_C": [[c, n] for c, n in tried]})
         return self

@@ -43,6 +43,7 @@ from fdalign_plugins.adapter_api import (
     build_cache_keys,
     check_every_class,
     count_correct,
+    percent,
 )
 from fdalign_plugins.errors import ConfigError, FDAlignError
 
@@ -151,7 +152,7 @@ class LPPlusPlusAdapter(Adapter):
                 best_state = [p.detach().clone() for p in (weight, bias, alpha)]
         self._weight, self._bias, self._alpha = best_state
         self.train_result = TrainResult(best_epoch, best_correct, history)
-        self.val_accuracy = 100.0 * best_correct / len(val)
+        self.val_accuracy = percent(best_correct, len(val))
         self.record_chosen({**hp, "best_epoch": best_epoch, **self.step_sizes,
                             "alpha_init": float(init["alpha"][0])})
         return self

@@ -23,6 +23,7 @@ from fdalign_plugins.adapter_api import (
     build_cache_keys,
     cache_logits,
     count_correct,
+    percent,
     search_cache_grid,
     zero_shot_logits,
 )
@@ -149,7 +150,7 @@ class TipAdapter(Adapter):
             self.val_accuracy = result.accuracy
         else:
             self._alpha, self._beta = float(hp["alpha"]), float(hp["beta"])
-            self.val_accuracy = 100.0 * count_correct(self._logits(val), val_labels) / len(val)
+            self.val_accuracy = percent(count_correct(self._logits(val), val_labels), len(val))
 
     def _chosen_values(self) -> Dict[str, Any]:
         chosen = dict(self.hparams)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from fdalign_plugins import hookimpl
-from fdalign_plugins.adapter_api import Adapter, AdapterSpec, FewShotTask, count_correct, zero_shot_logits
+from fdalign_plugins.adapter_api import Adapter, AdapterSpec, FewShotTask, count_correct, percent, zero_shot_logits
 
 
 class ZeroShotAdapter(Adapter):
@@ -26,7 +26,7 @@ class ZeroShotAdapter(Adapter):
         self._classifier = task.classifier.to(task.work_dtype())  # [D, C]
         val = task.val_features.to(self._classifier.dtype)  # [Nv, D]
         correct = count_correct(zero_shot_logits(val, self._classifier), task.val_labels.to(val.device))
-        self.val_accuracy = 100.0 * correct / len(val)
+        self.val_accuracy = percent(correct, len(val))
         self.record_chosen({})
         return self
 

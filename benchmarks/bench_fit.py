@@ -57,6 +57,7 @@ def make_task(args) -> Dict[str, Any]:
 
 def run_one(args) -> None:
     """Child process: time one adapter's fit and predict, print one JSON line."""
+    from fdalign_plugins.ops import count_correct, percent
     from fdalign_plugins.plugins import create_adapter
 
     torch.set_num_threads(args.threads)
@@ -69,10 +70,10 @@ def run_one(args) -> None:
     with torch.no_grad():
         for i in range(0, len(test), 4096):  # chunks: 50 000 × 1000 logits at once would be 200 MB more
             logits = adapter.predict(test[i : i + 4096])
-            correct += int((logits.argmax(1) == problem["test_labels"][i : i + 4096]).sum())
+            correct += count_correct(logits, problem["test_labels"][i : i + 4096])
     t2, c2 = time.perf_counter(), time.process_time()
     print(json.dumps({"adapter": args.one, "fit": t1 - t0, "predict": t2 - t1, "cpu": c2 - c0,
-                      "test_acc": 100.0 * correct / len(test), "val_acc": adapter.val_accuracy}), flush=True)
+                      "test_acc": percent(correct, len(test)), "val_acc": adapter.val_accuracy}), flush=True)
 
 
 def main(argv: List[str] | None = None) -> int:

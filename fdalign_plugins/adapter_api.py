@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .errors import ConfigError, DataError, FDAlignError
 from .spine import BestState, OptimizerSettings, check_finite, make_optimizer, make_schedule
+from .ops import normalise, percent
 from .search import (
     GridAxis,
     GridList,
@@ -83,6 +84,7 @@ __all__ = [
     "grid_values",
     "normalise",
     "one_hot",
+    "percent",
     "resolve_hparams",
     "scale_channel_count",
     "search_cache_grid",
@@ -169,11 +171,6 @@ class FewShotTask:
 
 
 # --------------------------------------------------------------------------- formulas
-
-
-def normalise(x: Tensor, dim: int = -1) -> Tensor:
-    """``x / ||x||`` along ``dim`` (a zero vector stays zero instead of becoming NaN)."""
-    return x / x.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
 
 def build_cache_keys(support: Tensor) -> Tensor:

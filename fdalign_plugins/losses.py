@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .prompts import normalise
+from .ops import normalise
 
 KL_DIRECTIONS = ("overview", "reference")
 

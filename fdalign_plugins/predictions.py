@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .ops import percent, top1_predictions
 
 #: Folder (next to results.jsonl) holding the prediction files.
 PREDICTIONS_DIR = "predictions"
@@ -54,10 +55,9 @@ def from_logits(logits: torch.Tensor, labels: Sequence[int],
         sub = torch.as_tensor(list(label_subset), dtype=torch.long)
         probs = torch.zeros_like(logits)
         probs[:, sub] = torch.softmax(logits[:, sub], dim=-1)
-        pred = sub[logits[:, sub].argmax(-1)] if len(logits) else torch.zeros(0, dtype=torch.long)
     else:
         probs = torch.softmax(logits, dim=-1)
-        pred = logits.argmax(-1)
+    pred = top1_predictions(logits, label_subset)  # [N]
     conf = probs.gather(1, pred[:, None])[:, 0] if len(logits) else torch.zeros(0, dtype=logits.dtype)
     p_true = probs.gather(1, labels_t[:, None])[:, 0] if len(logits) else torch.zeros(0, dtype=logits.dtype)
     return {"pred": pred.numpy().astype(np.int32), "label": labels_t.numpy().astype(np.int32),
@@ -67,7 +67,7 @@ def from_logits(logits: torch.Tensor, labels: Sequence[int],
 def accuracy(p: Dict[str, np.ndarray]) -> float:
     """Top-1 % of one evaluation set's predictions (``nan`` for an empty set)."""
     n = len(p["label"])
-    return 100.0 * int(np.count_nonzero(p["pred"] == p["label"])) / n if n else float("nan")
+    return percent(int(np.count_nonzero(p["pred"] == p["label"])), n)
 
 
 def expected_calibration_error(p: Dict[str, np.ndarray], bins: int = ECE_BINS) -> float:
@@ -93,7 +93,7 @@ def per_class_accuracy(p: Dict[str, np.ndarray]) -> Dict[int, float]:
     out = {}
     for c in np.unique(p["label"]).tolist():
         m = p["label"] == c
-        out[int(c)] = 100.0 * int(np.count_nonzero(p["pred"][m] == c)) / int(m.sum())
+        out[int(c)] = percent(int(np.count_nonzero(p["pred"][m] == c)), int(m.sum()))
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Dict, Sequence
 import torch
 from torch import nn
 
+from .ops import normalise  # its home is ops; re-exported here, where plugin authors import it
 from .templates import (  # noqa: F401  (re-exported: their home is the data layer)
     COOP_TEMPLATES,
     IMAGENET_ENSEMBLE_TEMPLATES,
@@ -19,11 +20,6 @@ from .templates import (  # noqa: F401  (re-exported: their home is the data lay
     TEMPLATE_SETS,
     resolve_templates,
 )
-
-def normalise(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """``x / ||x||`` along ``dim``."""
-    return x / x.norm(dim=dim, keepdim=True).clamp_min(1e-12)
-
 
 @torch.no_grad()
 def encode_prompts(

@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .losses import cosine_logits
 from .method_api import BatchOutputs, FinishContext, MethodContext, jsonable_hparams
 from .models import ClipBundle, state_fingerprint
-from .prompts import normalise
+from .ops import count_correct, normalise, percent
 from .spine import (
     BestState, OptimizerSettings, check_finite, clip_gradients, load_or_refuse, make_optimizer, make_schedule,
     restore_state, run_verdict, save_state, status_line, warmup_iterations,
@@ -104,8 +104,8 @@ def evaluate_episodes(feats: torch.Tensor, labels: np.ndarray, n_way: int, k_sho
         for _ in range(episodes):
             s_idx, q_idx, _ = sampler.sample(rng)
             logits = prototype_logits(f[torch.as_tensor(s_idx)], n_way, k_shot, f[torch.as_tensor(q_idx)], 1.0)
-            correct += int((logits.argmax(-1) == y).sum())
-        means.append(100.0 * correct / (episodes * n_way * n_query))
+            correct += count_correct(logits, y)
+        means.append(percent(correct, episodes * n_way * n_query))
     std = float(np.std(means, ddof=0)) if len(means) > 1 else 0.0
     return float(np.mean(means)), 1.96 * std, means
 

@@ -40,7 +40,8 @@ from .errors import ConfigError
 from .features import CacheStats, FeatureCache
 from .models import DEFAULT_MODEL, ClipBundle, load_clip, state_fingerprint
 from .preflight import names_not_run
-from .prompts import normalise, text_classifier
+from .ops import normalise, top1_accuracy
+from .prompts import text_classifier
 # Encoder labels live with the records (results.py) so the episodic protocol shares them without importing
 # this module; re-exported here, their old home.
 from .results import (
@@ -390,7 +391,7 @@ class Runner:
             preds = {k: preds_io.from_logits(ad.predict(feats["test"] if k == "test" else feats["ood"][k]),
                                              s.labels, getattr(s, "label_subset", None)) for k, s in sets.items()}
             rec.update(acc={k: preds_io.accuracy(p) for k, p in preds.items()},
-                       val_acc=_acc(ad.predict(feats["val"]), split.val.labels), hparams=ad.chosen_hparams(),
+                       val_acc=top1_accuracy(ad.predict(feats["val"]), split.val.labels), hparams=ad.chosen_hparams(),
                        selection=selection_used(ad, self.cfg.protocol))
             timing = {"fit": t1 - t0, "predict": time.time() - t1, "extract": feats["seconds"]}
         except Exception as exc:  # whatever a plugin raises (FDAlignError too) fails its record, not the sweep
@@ -583,9 +584,3 @@ def work_items(cfg: BenchConfig, encoders: List[str],
         return items
     i, n = shard
     return [it for j, it in enumerate(items) if j % n == i]
-
-
-def _acc(logits: torch.Tensor, labels, label_subset: Optional[List[int]] = None) -> float:
-    """Top-1 % of ``logits [N, C]``; with ``label_subset`` (ImageNet-A/R) the prediction is
-    restricted to those classes."""
-    return preds_io.accuracy(preds_io.from_logits(logits, labels, label_subset))

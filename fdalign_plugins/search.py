@@ -28,6 +28,8 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .ops import count_correct, percent  # count_correct re-exported: adapters import it from here
+
 __all__ = [
     "GridAxis",
     "GridList",
@@ -211,19 +213,6 @@ def class_sum(
     return scores.new_zeros(scores.shape[0], num_classes).scatter_add(1, index, scores)
 
 
-def count_correct(logits: Tensor, labels: Tensor) -> int:
-    """Number of rows whose arg-max (first index on ties) equals the label.
-
-    Args:
-        logits: ``[B, C]``.
-        labels: ``[B]`` int64.
-
-    Returns:
-        The integer count of correct top-1 predictions.
-    """
-    return int((logits.argmax(dim=1) == labels).sum().item())
-
-
 @dataclass(frozen=True)
 class SearchResult:
     """The outcome of :func:`search_cache_grid`.
@@ -251,7 +240,7 @@ class SearchResult:
     @property
     def accuracy(self) -> float:
         """Top-1 validation accuracy in percent at the chosen point."""
-        return 100.0 * self.correct / max(self.total, 1)
+        return percent(self.correct, max(self.total, 1))
 
 
 def _chunk_rows(num_val: int, num_entries: int, num_classes: int, itemsize: int) -> int:

@@ -50,7 +50,7 @@ from .method_api import BatchOutputs, FinishContext, Method, MethodContext, json
 from .methods.fd_align import TextPrototypes, text_prototypes
 from .models import ClipBundle, state_fingerprint
 from .registry import get_method_spec
-from .prompts import normalise
+from .ops import count_correct, normalise, percent
 from .spine import (
     BestState, OptimizerSettings, check_finite, clip_gradients, make_optimizer, make_schedule, read_state,
     restore_state, run_verdict, save_state, status_line, warmup_iterations,
@@ -399,12 +399,12 @@ class _FineTuning:
                 f = self.visual(x).float()  # [B, D]
                 logits = (self.head(normalise(f)) if self.head is not None
                           else cosine_logits(f, self.protos.class_protos, self.tau))
-                correct += int((logits.argmax(-1) == y).sum())
+                correct += count_correct(logits, y)
                 n += len(y)
         set_train_mode(self.visual, self.cfg.freeze_bn)
         if self.world > 1:
             correct, n = (int(v) for v in dist_utils.all_reduce_floats([correct, n]))
-        return 100.0 * correct / n
+        return percent(correct, n)
 
     # ---------------------------------------------------------------- phase 4: method setup and resume
     def setup_method_and_resume(self, resume: bool) -> None:

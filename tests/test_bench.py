@@ -276,12 +276,12 @@ def test_reference_protocol_selects_on_test_and_says_so(small_config, tmp_path, 
 
 
 def test_label_subset_restricts_predictions():
-    from fdalign_plugins.runner import _acc
+    from fdalign_plugins.ops import top1_accuracy
 
     logits = torch.tensor([[0.0, 5.0, 1.0, 0.5], [3.0, 0.0, 0.0, 2.0]])
     labels = [2, 3]
-    assert _acc(logits, labels) == 0.0
-    assert _acc(logits, labels, [2, 3]) == 100.0  # class 1 and 0 are outside the 200-class subset
+    assert top1_accuracy(logits, labels) == 0.0
+    assert top1_accuracy(logits, labels, [2, 3]) == 100.0  # class 1 and 0 are outside the 200-class subset
 
 
 def test_skip_corrupt_goes_on_without_unreadable_images(tiny_model_name, tmp_path):

@@ -36,7 +36,7 @@ METHOD_PLUGINS = tuple(f"fdalign_plugins.methods.{m}" for m in ("full_ft", "lips
 #: ``fdalign_plugins.datasets.coop``); the top package ``fdalign_plugins`` names only its
 #: ``__init__``, so a new module must be placed here explicitly.
 LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
-    ("leaf helpers", ("fdalign_plugins", "fdalign_plugins.errors", "fdalign_plugins.distributed",
+    ("leaf helpers", ("fdalign_plugins", "fdalign_plugins.errors", "fdalign_plugins.ops", "fdalign_plugins.distributed",
                       "fdalign_plugins.progress", "fdalign_plugins.threads", "fdalign_plugins.stats",
                       "fdalign_plugins.checkpoint", "fdalign_plugins.results", "fdalign_plugins.predictions",
                       "fdalign_plugins.specs", "fdalign_plugins.hookspecs", "fdalign_plugins.registry")),

@@ -26,6 +26,7 @@ from fdalign_plugins.adapter_api import (
     class_sum,
     count_correct,
     normalise,
+    percent,
     zero_shot_logits,
 )
 
@@ -62,7 +63,7 @@ class ProtoAdapter(Adapter):
             if correct > best:
                 best, chosen = correct, mix
         self._mix = chosen
-        self.val_accuracy = 100.0 * best / len(val)
+        self.val_accuracy = percent(best, len(val))
         self.record_chosen({**hp, "mix": chosen})
         return self
 

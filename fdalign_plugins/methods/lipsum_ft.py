@@ -19,7 +19,7 @@ from .. import hookimpl
 from ..errors import ConfigError
 from ..losses import energy_gap
 from ..method_api import BatchOutputs, Method, MethodContext
-from ..prompts import normalise
+from ..ops import normalise
 
 
 class LipsumFT(Method):

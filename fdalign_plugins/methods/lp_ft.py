@@ -31,7 +31,7 @@ class LPFT(Method):
     needs_head = True
 
     def setup(self, ctx: MethodContext) -> None:
-        from ..adapter_api import FewShotTask, normalise, train_on_views
+        from ..adapter_api import FewShotTask, normalise, percent, train_on_views
 
         if ctx.val_features is None:
             raise ConfigError("lp-ft keeps the probe epoch that is best on validation and there is no validation split")
@@ -48,8 +48,8 @@ class LPFT(Method):
         res = train_on_views(list(head.parameters()), head, task, epochs=int(hp["probe_epochs"]),
                              lr=float(hp["probe_lr"]), eps=1e-8, weight_decay=float(hp["probe_weight_decay"]))
         ctx.log(f"linear probe: best epoch {res.best_epoch}/{hp['probe_epochs']}, "
-                f"val {100.0 * res.best_val_correct / len(val_labels):.2f}% "
-                f"(zero-shot head {100.0 * res.history[0].val_correct / len(val_labels):.2f}%)")
+                f"val {percent(res.best_val_correct, len(val_labels)):.2f}% "
+                f"(zero-shot head {percent(res.history[0].val_correct, len(val_labels)):.2f}%)")
 
     def loss(self, out: BatchOutputs) -> Dict[str, torch.Tensor]:
         l_class = F.cross_entropy(out.logits, out.labels)
