@@ -1,8 +1,8 @@
-"""Cost of one FD-Align training step vs one plain fine-tuning step (beta = 0).
+"""Cost of one FD-Align training step vs one plain fine-tuning step (spurious_weight = 0).
 
 The only extra work of FD-Align is the frozen encoder's forward pass (no backward), so
 the target ratio is <= 1.3x. Both steps run through the training spine's batch path
-(:func:`fdalign_plugins.trainer.batch_losses` with the ``fd-align`` method, beta 0 and 1)
+(:func:`fdalign_plugins.trainer.batch_losses` with the ``fd-align`` method, spurious_weight 0 and 1)
 on the same model, batch and optimizer settings; the median of several timed steps
 after warm-up is reported, the two kinds of step alternating.
 
@@ -44,10 +44,10 @@ def main() -> None:
                             torch.nn.functional.normalize(torch.randn(20, d, generator=g), dim=-1), [], None)
     tau = bundle.logit_scale
 
-    def stepper(beta: float):
+    def stepper(weight: float):
         visual = copy.deepcopy(bundle.model.visual).train().requires_grad_(True)
-        frozen = copy.deepcopy(bundle.model.visual).eval().requires_grad_(False) if beta > 0 else None
-        method = build_config(FinetuneConfig, {"beta": beta}).create_method()
+        frozen = copy.deepcopy(bundle.model.visual).eval().requires_grad_(False) if weight > 0 else None
+        method = build_config(FinetuneConfig, {"spurious_weight": weight}).create_method()
         student = Student(visual)
         opt = torch.optim.SGD(visual.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
 
@@ -64,14 +64,14 @@ def main() -> None:
     steps = {0.0: stepper(0.0), 1.0: stepper(1.0)}
     times = {0.0: [], 1.0: []}
     for i in range(args.steps + 2):
-        for beta, step in steps.items():
+        for weight, step in steps.items():
             t = step()
             if i >= 2:  # warm-up steps excluded
-                times[beta].append(t)
+                times[weight].append(t)
     plain, fd = statistics.median(times[0.0]), statistics.median(times[1.0])
     print(f"model {args.model}, batch {args.batch} x {s}px, {args.threads} threads, median of {args.steps} steps")
-    print(f"plain fine-tuning step (beta=0): {plain * 1000:.1f} ms")
-    print(f"FD-Align step (beta=1):          {fd * 1000:.1f} ms")
+    print(f"plain fine-tuning step (spurious_weight=0): {plain * 1000:.1f} ms")
+    print(f"FD-Align step (spurious_weight=1):          {fd * 1000:.1f} ms")
     print(f"ratio FD-Align / plain: {fd / plain:.2f}x (target <= 1.30x)")
 
 

@@ -7,10 +7,12 @@ result and compared. Unknown keys are errors that list the valid keys.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Set, Tuple, Type, TypeVar, Union
 
 import yaml
 
@@ -42,11 +44,11 @@ class FinetuneConfig:
     shots: int = 16
     seed: int = 1
     # method (``fdalign-finetune --list`` lists the methods and their hyper-parameters;
-    # alpha, beta and kl_direction are FD-Align's and apply to the methods that read them)
+    # alpha, spurious_weight and kl_direction are FD-Align's and apply to the methods that read them)
     method: str = "fd-align"
     method_params: Dict[str, Any] = field(default_factory=dict)
     alpha: float = 1.0
-    beta: float = 1.0
+    spurious_weight: float = 1.0
     kl_direction: str = "overview"
     templates: Union[str, List[str]] = "imagenet80"
     spc: bool = True
@@ -74,12 +76,26 @@ class FinetuneConfig:
     device: str = "auto"
     amp: bool = True
     workers: int = 0
+    # deprecated name of spurious_weight, for code that still passes FinetuneConfig(beta=...)
+    beta: InitVar[Optional[float]] = None
+
+    #: Deprecated key -> (its new name, why it was renamed). YAML, flags, dicts and old
+    #: records still use the old key: it maps to the new one with a one-line warning.
+    RENAMED: ClassVar[Mapping[str, Tuple[str, str]]] = MappingProxyType({
+        "beta": ("spurious_weight", "FD-Align's spurious-loss weight; Tip/APE's beta is their sharpness"),
+    })
+
+    def __post_init__(self, beta: Optional[float]) -> None:
+        if beta is not None:
+            new, why = self.RENAMED["beta"]
+            deprecated("FinetuneConfig(beta=...)", f"FinetuneConfig({new}=...)", why)
+            self.spurious_weight = beta
 
     def validate(self) -> "FinetuneConfig":
         """Check value ranges; raise :class:`ConfigError` naming the key and the fix."""
         _positive(self, "shots", "epochs", "batch_size", "grad_accum")
-        _non_negative(self, "alpha", "beta", "lr", "weight_decay", "grad_clip", "warmup_iters", "warmup_epochs",
-                      "workers", "val_shots")
+        _non_negative(self, "alpha", "spurious_weight", "lr", "weight_decay", "grad_clip", "warmup_iters",
+                      "warmup_epochs", "workers", "val_shots")
         _choice(self, "kl_direction", ("overview", "reference"))
         _choice(self, "head", ("fixed", "linear"))
         _choice(self, "optimizer", ("sgd", "adamw"))
@@ -104,6 +120,48 @@ class FinetuneConfig:
     def create_method(self):
         """A new :class:`~fdalign_plugins.method_api.Method` for ``method`` with its resolved hyper-parameters."""
         return get_method_spec(self.method).factory(**self.method_hparams())
+
+
+_WARNED: Set[str] = set()
+
+
+def deprecated(old: str, new: str, why: str = "") -> None:
+    """Say once per process, on one stderr line, that ``old`` is deprecated for ``new``."""
+    line = f"warning: {old} is deprecated; use {new}" + (f" ({why})" if why else "")
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr)
+
+
+def rename_deprecated(cls: type, layer: Optional[Mapping[str, Any]], source: str = "config",
+                      spell: Optional[Callable[[str], str]] = None) -> Optional[Dict[str, Any]]:
+    """``layer`` with ``cls.RENAMED``'s deprecated keys moved to their new names, warning once each.
+
+    Args:
+        cls: a config dataclass; one without ``RENAMED`` leaves the layer as it is.
+        layer: one YAML section, flag set or dict (``None`` values mean "not given").
+        source: what the layer is, for the messages (``"finetune"``).
+        spell: how a key is written where it came from (``--spurious-weight`` for a flag);
+            default ``<source> key '<key>'``.
+
+    Raises:
+        ConfigError: the layer gives both the old and the new name.
+    """
+    renamed = getattr(cls, "RENAMED", None)
+    if not renamed or not isinstance(layer, Mapping) or not any(layer.get(k) is not None for k in renamed):
+        return None if layer is None else dict(layer)
+    spell = spell or (lambda k: f"{source} key '{k}'")
+    out = dict(layer)
+    for old, (new, why) in renamed.items():
+        value = out.pop(old, None)
+        if value is None:
+            continue
+        if out.get(new) is not None:
+            raise ConfigError(f"{spell(old)} and {spell(new)} are one setting ({spell(old)} is its deprecated name); "
+                              f"give {spell(new)} only")
+        deprecated(spell(old), spell(new), why)
+        out[new] = value
+    return out
 
 
 def _positive(cfg, *names):
@@ -261,6 +319,7 @@ def coerce_layer(cls: type, layer: Optional[Mapping[str, Any]], source: str = "c
         return {}
     if not isinstance(layer, Mapping):
         raise ConfigError(f"{source} must be a mapping of keys to values, got {layer!r}")
+    layer = rename_deprecated(cls, layer, source) or {}
     fields = {f.name for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = sorted(k for k in layer if k not in fields)

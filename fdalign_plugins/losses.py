@@ -52,11 +52,12 @@ def spurious_kl(
     return kl.mean()
 
 
-def total_loss(l_class: torch.Tensor, l_spurious: torch.Tensor, alpha: float = 1.0, beta: float = 1.0) -> torch.Tensor:
-    """``L = alpha * L_class + beta * L_spurious`` (beta = 0: plain full fine-tuning)."""
-    if beta == 0:
+def total_loss(l_class: torch.Tensor, l_spurious: torch.Tensor, alpha: float = 1.0,
+               spurious_weight: float = 1.0) -> torch.Tensor:
+    """``L = alpha * L_class + spurious_weight * L_spurious`` (0: plain full fine-tuning)."""
+    if spurious_weight == 0:
         return alpha * l_class
-    return alpha * l_class + beta * l_spurious
+    return alpha * l_class + spurious_weight * l_spurious
 
 
 def energy_gap(feats_ft: torch.Tensor, feats_0: torch.Tensor, text_feats: torch.Tensor, tau: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ method with WiSE-FT's finishing step appended (:func:`with_wise`).
 
 Hyper-parameters: ``Method.defaults`` lists every hyper-parameter the method takes
 (set with ``method_params``); ``Method.reads`` names the top-level fine-tuning config
-keys it uses (FD-Align's ``alpha``, ``beta``, ``kl_direction`` predate method plugins
+keys it uses (FD-Align's ``alpha``, ``spurious_weight``, ``kl_direction`` predate method plugins
 and stay top-level keys).
 """
 

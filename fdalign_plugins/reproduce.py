@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .config import build_config, read_yaml
+from .config import FinetuneConfig, build_config, read_yaml, rename_deprecated
 from .errors import ConfigError
 
 TABLE_KEYS = ("title", "source", "runs", "eval_sets", "rows", "published")
@@ -90,7 +90,7 @@ def run_table(spec: Dict[str, Any], out: Path, overrides: List[Optional[Mapping[
         ft = {}
         for layer in layers:  # the finetune section merges key by key, like the rest
             if layer and layer.get("finetune"):
-                ft.update(layer["finetune"])
+                ft.update(rename_deprecated(FinetuneConfig, layer["finetune"], source="finetune"))
         cfg = build_config(BenchConfig, *[{**(lay or {}), "finetune": ft} if lay else lay for lay in layers],
                            source="bench config")
         log(f"== run {name!r}")

@@ -158,7 +158,7 @@ class BenchConfig:
             self.finetune_config(shots=self.shots[0], seed=self.seeds[0], method=m)
         return self
 
-    def finetune_config(self, shots: int, seed: int, beta: Optional[float] = None,
+    def finetune_config(self, shots: int, seed: int, spurious_weight: Optional[float] = None,
                         method: str = DEFAULT_METHOD) -> FinetuneConfig:
         """The resolved fine-tuning config of one work item for ``method``."""
         base = {"model": self.model, "pretrained": self.pretrained, "dataset": self.dataset,
@@ -167,8 +167,8 @@ class BenchConfig:
         if self.protocol == "reference":
             # the released code: KL(P_0 || P_ft) and a trainable linear head from tau * mu_class
             item.update(kl_direction="reference", head="linear")
-        if beta is not None:
-            item["beta"] = beta
+        if spurious_weight is not None:  # 0 for the plain fine-tuning baseline
+            item["spurious_weight"] = spurious_weight
         item.update(method=method, method_params=self.method_params.get(method, {}))
         return build_config(FinetuneConfig, base, self.finetune, item, source="finetune")
 
@@ -204,7 +204,11 @@ def resolve_adapters(names: List[str], protocol: str = "standard",
 
 def default_out(cfg: BenchConfig) -> Path:
     """A deterministic run folder: the same command resumes in the same place."""
-    h = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    d = to_dict(cfg)
+    # a renamed fine-tuning key hashes under its old name, so a command from before the rename finds its folder
+    old_name = {new: old for old, (new, _why) in FinetuneConfig.RENAMED.items()}
+    d["finetune"] = {old_name.get(k, k): v for k, v in d["finetune"].items()}
+    h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return Path("runs") / f"bench-{cfg.dataset}-{h}"
 
 
@@ -299,12 +303,12 @@ class Runner:
         return self.store.encoder_dir(
             f"{tag}-{fcfg.shots}shot-seed{fcfg.seed}-{hashlib.sha256(key.encode()).hexdigest()[:10]}")
 
-    def _finetuned(self, ds: FewShotDataset, split, shots: int, seed: int, beta: Optional[float], tag: str,
+    def _finetuned(self, ds: FewShotDataset, split, shots: int, seed: int, spurious_weight: Optional[float], tag: str,
                    method: str = DEFAULT_METHOD) -> Tuple[ClipBundle, Dict[str, Any]]:
         """A fine-tuned encoder (trained now, or reused from the store) and the record fields that describe it."""
         from .store import link_into, touch
 
-        fcfg = self.cfg.finetune_config(shots, seed, beta, method)
+        fcfg = self.cfg.finetune_config(shots, seed, spurious_weight, method)
         d = self._encoder_dir(fcfg, ds, split.support_indices, tag)
         bundle = load_clip(self.cfg.model, self.cfg.pretrained, device=self.device)
         # rank 0 alone takes the lock: under torchrun every rank must enter finetune() together
@@ -515,8 +519,8 @@ class Runner:
                     elif enc == ENCODER_FDALIGN and cfg.encoder:
                         bundle, extra = self._user_encoder()
                     else:
-                        beta = 0.0 if enc == ENCODER_FINETUNE else None
-                        bundle, extra = self._finetuned(ds, split, shots, seed, beta, enc,
+                        weight = 0.0 if enc == ENCODER_FINETUNE else None
+                        bundle, extra = self._finetuned(ds, split, shots, seed, weight, enc,
                                                         methods.get(enc, DEFAULT_METHOD))
                     feats = self._features(cache, bundle, ds, split, self._ood, seed, enc)
                     for a in pending:
@@ -546,8 +550,8 @@ def _plan(runner: "Runner", ds: FewShotDataset, adapters: List[str], encoders: L
                 plan["images"] += per_pass + ds.num_classes * (k_val + shots * cfg.views)
                 if enc != ENCODER_CLIP and not (enc == ENCODER_FDALIGN and cfg.encoder):
                     split = few_shot_split(ds, shots, seed)
-                    beta = 0.0 if enc == ENCODER_FINETUNE else None
-                    fcfg = cfg.finetune_config(shots, seed, beta, runner._methods.get(enc, DEFAULT_METHOD))
+                    weight = 0.0 if enc == ENCODER_FINETUNE else None
+                    fcfg = cfg.finetune_config(shots, seed, weight, runner._methods.get(enc, DEFAULT_METHOD))
                     d = runner._encoder_dir(fcfg, ds, split.support_indices, enc)
                     plan["in_store" if (d / WEIGHTS_NAME).is_file() else "finetune"] += 1
     return plan

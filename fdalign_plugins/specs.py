@@ -289,6 +289,7 @@ def resolve_method(spec: MethodSpec, config: Any, params: Optional[Mapping[str, 
         raise ConfigError(f"method '{spec.name}' has no hyper-parameter(s) {', '.join(unknown)}{extra}; "
                           f"valid: {', '.join(sorted(spec.defaults)) or '(none)'}")
     hp = dict(spec.defaults)
-    hp.update({k: getattr(config, k) for k in spec.reads})
+    renamed = getattr(config, "RENAMED", {})  # a plugin written before a rename reads the key by its old name
+    hp.update({k: getattr(config, renamed[k][0] if k in renamed else k) for k in spec.reads})
     hp.update(params)
     return hp

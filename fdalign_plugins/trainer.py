@@ -248,7 +248,7 @@ def fdalign_losses(
 ) -> Dict[str, torch.Tensor]:
     """One batch's loss terms under ``cfg``'s method (each a mean over the batch).
 
-    For FD-Align: ``L_class``, ``L_spurious`` and the total; with ``beta == 0`` the
+    For FD-Align: ``L_class``, ``L_spurious`` and the total; with ``spurious_weight == 0`` the
     frozen encoder is not run and ``L_spurious`` is 0.
     """
     return batch_losses(Student(visual, head), frozen, cfg.create_method(), images, labels, protos, tau)
@@ -343,8 +343,9 @@ class _FineTuning:
             p.requires_grad_(False)
         if self.world > 1:  # the frozen reference below must be rank 0's encoder on every rank
             dist_utils.broadcast_module_(self.visual)
-        if "beta" not in self.spec.reads and cfg.beta != FinetuneConfig.beta:
-            self.say(f"note: beta = {cfg.beta} is FD-Align's setting; method {cfg.method} does not use it")
+        if "spurious_weight" not in self.spec.reads and cfg.spurious_weight != FinetuneConfig.spurious_weight:
+            self.say(f"note: spurious_weight = {cfg.spurious_weight} is FD-Align's setting; method {cfg.method} "
+                     "does not use it")
 
     # ---------------------------------------------------------------- phase 2: trainables
     def build_trainables(self) -> None:

@@ -32,8 +32,8 @@ TEMPLATES = ["a photo of a {}.", "a sketch of a {}.", "a dark photo of a {}."]
 #: run name -> config overrides. "uneven": batches of 5 split 3/2 and the last (2) 1/1.
 #: "standin": batches of 11 then 1, so rank 1 has no sample in the last step.
 RUNS: Dict[str, Dict[str, Any]] = {
-    "uneven": dict(batch_size=5, beta=1.0, epochs=2),
-    "standin": dict(batch_size=11, beta=1.0, epochs=2, head="linear", select="last", grad_accum=2),
+    "uneven": dict(batch_size=5, spurious_weight=1.0, epochs=2),
+    "standin": dict(batch_size=11, spurious_weight=1.0, epochs=2, head="linear", select="last", grad_accum=2),
 }
 
 

@@ -1,7 +1,7 @@
 """Fine-tuning methods as plugins, and the training spine every gradient loop shares.
 
 Losses are checked against naive per-sample float64 loops; the equivalences (full-ft vs
-fd-align with beta 0, WiSE at a = 0 / 1) bit for bit; the shared rules by running the
+fd-align with spurious_weight 0, WiSE at a = 0 / 1) bit for bit; the shared rules by running the
 standard and the episodic loop side by side.
 """
 
@@ -91,7 +91,7 @@ def _method(name, **params):
 def test_fd_align_loss_against_a_per_sample_loop(direction):
     out = _batch()
     m = _method("fd-align")
-    m.hparams.update(alpha=0.7, beta=2.5, kl_direction=direction)
+    m.hparams.update(alpha=0.7, spurious_weight=2.5, kl_direction=direction)
     got = m.loss(out)
     total = 0.0
     for i in range(len(out.labels)):
@@ -150,19 +150,19 @@ def test_plus_wise_keeps_the_inner_loss():
 # ----------------------------------------------------------------------- equivalences, bit for bit
 
 
-def test_full_ft_equals_fd_align_with_beta_zero_bit_for_bit(tiny_model_name, task):
+def test_full_ft_equals_fd_align_with_spurious_weight_zero_bit_for_bit(tiny_model_name, task):
     ds, split = task
     a = _fresh(tiny_model_name)
     ra = finetune(a, split.support, ds.classnames, _cfg(tiny_model_name, method="full-ft"), val=split.val,
                   progress=False, log=_quiet)
     b = _fresh(tiny_model_name)
-    rb = finetune(b, split.support, ds.classnames, _cfg(tiny_model_name, beta=0.0), val=split.val, progress=False,
+    rb = finetune(b, split.support, ds.classnames, _cfg(tiny_model_name, spurious_weight=0.0), val=split.val, progress=False,
                   log=_quiet)
     assert [h["l_class"] for h in ra.history] == [h["l_class"] for h in rb.history]
     assert ra.best_epoch == rb.best_epoch
     for (k, va), vb in zip(a.model.visual.state_dict().items(), b.model.visual.state_dict().values()):
         assert _bits_equal(va, vb), k
-    assert ra.metadata["method"] == "full-ft" and rb.metadata["method_params"]["beta"] == 0.0
+    assert ra.metadata["method"] == "full-ft" and rb.metadata["method_params"]["spurious_weight"] == 0.0
 
 
 def test_interpolation_endpoints_are_exact():
@@ -343,7 +343,7 @@ def test_rejection_is_on_screen_and_in_the_checkpoint(tiny_model_name, task, tmp
     assert any(line.startswith("VALIDATION REJECTED FINE-TUNING: no epoch beat") for line in lines)
     meta = json.loads((tmp_path / "r" / "encoder.json").read_text())
     assert meta["finetune_verdict"] == "rejected" and meta["best_epoch"] == 0 and meta["method"] == "fd-align"
-    assert meta["method_params"] == {"alpha": 1.0, "beta": 1.0, "kl_direction": "overview"}
+    assert meta["method_params"] == {"alpha": 1.0, "spurious_weight": 1.0, "kl_direction": "overview"}
 
 
 def test_table_marks_rejected_and_collapsed_cells():
@@ -373,7 +373,7 @@ def test_builtin_methods_come_from_our_entry_points():
     specs = {s.name: s for s in pm.list_methods()}
     assert sorted(specs) == BUILTIN_METHODS
     assert all(s.distribution == plugins.OWN_DISTRIBUTION for s in specs.values())
-    assert specs["fd-align"].reads == ("alpha", "beta", "kl_direction")
+    assert specs["fd-align"].reads == ("alpha", "spurious_weight", "kl_direction")
     assert dict(specs["lipsum-ft"].defaults) == {"lam": 1.0, "num_texts": 80, "text_length": 8}
     assert 0.0 in specs["wise-ft"].defaults["wise_grid"] and 1.0 in specs["wise-ft"].defaults["wise_grid"]
     composed = pm.get_method_spec("lp-ft+wise")
@@ -391,8 +391,8 @@ def test_unknown_method_and_hyper_parameter_fail_before_any_model_is_loaded(monk
     with pytest.raises(ConfigError, match=r"method 'wise-ft' has no hyper-parameter\(s\) wise_alpha; valid: wise_a, "
                                           r"wise_grid"):
         build_config(FinetuneConfig, {"method": "wise-ft", "method_params": {"wise_alpha": 0.5}})
-    with pytest.raises(ConfigError, match="beta is a top-level fine-tuning key"):
-        build_config(FinetuneConfig, {"method": "fd-align", "method_params": {"beta": 2}})
+    with pytest.raises(ConfigError, match="spurious_weight is a top-level fine-tuning key"):
+        build_config(FinetuneConfig, {"method": "fd-align", "method_params": {"spurious_weight": 2}})
     with pytest.raises(ConfigError, match="wise_grid must be a list of numbers in \\[0, 1\\] holding 0 and 1"):
         build_config(FinetuneConfig, {"method": "wise-ft", "method_params": {"wise_grid": [0.5, 1.0]}})
     with pytest.raises(ConfigError, match="already has WiSE's hyper-parameters"):

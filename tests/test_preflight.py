@@ -22,15 +22,15 @@ def _cfg(argv):
 
 def test_flags_and_yaml_give_the_same_typed_config_and_run_folder(tmp_path):
     y = tmp_path / "c.yaml"
-    y.write_text("finetune: {epochs: 1, lr: 0.5, beta: 0, kl_direction: reference}\n"
+    y.write_text("finetune: {epochs: 1, lr: 0.5, spurious_weight: 0, kl_direction: reference}\n"
                  "adapter_params: {tip: {beta_steps: 10, alpha_scale: 2}}\n")
     from_yaml = _cfg(["--config", str(y)])
     y2 = tmp_path / "c2.yaml"
     y2.write_text("adapter_params: {tip: {beta_steps: '10', alpha_scale: '2'}}\n")  # strings, as a flag gives them
-    from_flags = _cfg(["--config", str(y2), "--epochs", "1", "--lr", "0.5", "--beta", "0", "--kl-direction",
+    from_flags = _cfg(["--config", str(y2), "--epochs", "1", "--lr", "0.5", "--spurious-weight", "0", "--kl-direction",
                        "reference"])
-    assert from_flags.finetune == {"epochs": 1, "lr": 0.5, "beta": 0.0, "kl_direction": "reference"}
-    assert type(from_flags.finetune["epochs"]) is int and type(from_flags.finetune["beta"]) is float
+    assert from_flags.finetune == {"epochs": 1, "lr": 0.5, "spurious_weight": 0.0, "kl_direction": "reference"}
+    assert type(from_flags.finetune["epochs"]) is int and type(from_flags.finetune["spurious_weight"]) is float
     assert from_flags.adapter_params == {"tip": {"beta_steps": 10, "alpha_scale": 2.0}}
     assert from_flags == from_yaml and default_out(from_flags) == default_out(from_yaml)
 

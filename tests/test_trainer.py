@@ -36,7 +36,7 @@ def _support_loss(bundle, split, classnames, cfg):
 
 def test_training_lowers_loss(tiny_model_name, task):
     ds, split = task
-    cfg = _cfg(tiny_model_name, epochs=6, beta=1.0, lr=0.05, select="last")
+    cfg = _cfg(tiny_model_name, epochs=6, spurious_weight=1.0, lr=0.05, select="last")
     bundle = _fresh(tiny_model_name)
     before = _support_loss(bundle, split.support, ds.classnames, cfg)
     res = finetune(bundle, split.support, ds.classnames, cfg, val=split.val, progress=False, log=lambda s: None)
@@ -47,9 +47,9 @@ def test_training_lowers_loss(tiny_model_name, task):
     assert res.history[0]["l_spurious"] > 0  # the encoders diverge as soon as one step was taken
 
 
-def test_beta_zero_is_plain_cross_entropy_step_for_step(tiny_model_name, task):
+def test_spurious_weight_zero_is_plain_cross_entropy_step_for_step(tiny_model_name, task):
     ds, split = task
-    cfg = _cfg(tiny_model_name, beta=0.0, epochs=2, select="last", weight_decay=0.0, nesterov=False, momentum=0.0,
+    cfg = _cfg(tiny_model_name, spurious_weight=0.0, epochs=2, select="last", weight_decay=0.0, nesterov=False, momentum=0.0,
                warmup_epochs=0.0, grad_clip=0.0)
     a = _fresh(tiny_model_name)
     finetune(a, split.support, ds.classnames, cfg, progress=False, log=lambda s: None)
@@ -77,9 +77,9 @@ def test_beta_zero_is_plain_cross_entropy_step_for_step(tiny_model_name, task):
         assert torch.allclose(va, vb, atol=1e-6), k
 
 
-def test_fdalign_losses_beta_zero_skips_frozen(tiny_model_name, task):
+def test_fdalign_losses_spurious_weight_zero_skips_frozen(tiny_model_name, task):
     ds, split = task
-    cfg = _cfg(tiny_model_name, beta=0.0)
+    cfg = _cfg(tiny_model_name, spurious_weight=0.0)
     b = _fresh(tiny_model_name)
     protos = text_prototypes(b, ds.classnames, cfg)
     x = torch.randn(2, 3, 32, 32)
@@ -87,7 +87,7 @@ def test_fdalign_losses_beta_zero_skips_frozen(tiny_model_name, task):
 
     class Boom(torch.nn.Module):
         def forward(self, x):
-            raise AssertionError("frozen encoder must not run when beta = 0")
+            raise AssertionError("frozen encoder must not run when spurious_weight = 0")
 
     out = fdalign_losses(b.model.visual, Boom(), x, y, protos, b.logit_scale, cfg)
     assert out["total"].item() == pytest.approx(out["class"].item())

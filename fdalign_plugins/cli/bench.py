@@ -19,8 +19,8 @@ FLAG_KEYS = {
     "cache_dir": "cache_dir", "protocol": "protocol", "methods": "methods", "threads": "threads",
 }
 #: flag dest -> FinetuneConfig key (shortcuts into the config's ``finetune:`` section)
-FINETUNE_FLAGS = {"epochs": "epochs", "lr": "lr", "beta": "beta", "kl_direction": "kl_direction",
-                  "warmup_iters": "warmup_iters", "grad_clip": "grad_clip"}
+FINETUNE_FLAGS = {"epochs": "epochs", "lr": "lr", "spurious_weight": "spurious_weight", "beta": "beta",
+                  "kl_direction": "kl_direction", "warmup_iters": "warmup_iters", "grad_clip": "grad_clip"}
 
 
 def build_parser() -> OneLineParser:
@@ -46,7 +46,7 @@ def build_parser() -> OneLineParser:
     a("--encoder", metavar="PATH|DIR", help="use this FD-Align checkpoint instead of fine-tuning")
     a("--methods", metavar="NAMES", help="encoder fine-tuning methods, comma list (default: fd-align); each gets its "
       "own encoder rows and '+ method' rows with Δ vs the stock encoder; any method + wise adds WiSE-FT; see --list")
-    a("--baselines", action="store_true", default=None, help="also plain full fine-tuning (beta = 0)")
+    a("--baselines", action="store_true", default=None, help="also plain full fine-tuning (spurious_weight = 0)")
     a("--config", metavar="YAML", help="YAML file of bench keys (see docs/bench.md)")
     a("--out", metavar="DIR", help="run folder (default: runs/bench-<dataset>-<config hash>; same command resumes)")
     a("--device", metavar="DEV", help="auto, cpu, cuda, cuda:N (default: auto)")
@@ -63,7 +63,9 @@ def build_parser() -> OneLineParser:
       help="remove store entries no run has used for DAYS days (0: all) and exit")
     a("--epochs", metavar="N", help="FD-Align fine-tuning epochs (overrides finetune.epochs)")
     a("--lr", metavar="LR", help="FD-Align learning rate (overrides finetune.lr)")
-    a("--beta", metavar="B", help="weight of the spurious KL (overrides finetune.beta)")
+    a("--spurious-weight", metavar="W",
+      help="FD-Align's weight of the spurious KL (overrides finetune.spurious_weight; 0 = plain fine-tuning)")
+    a("--beta", metavar="W", help="deprecated name of --spurious-weight")
     a("--kl-direction", metavar="D", help="overview (KL(P_ft||P_0), default) or reference (KL(P_0||P_ft))")
     a("--warmup-iters", metavar="N",
       help="linear LR warm-up iterations of fine-tuning (overrides finetune.warmup_iters)")
@@ -93,8 +95,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run_cli(lambda: _run(args), PROG)
 
 
+def _finetune_flags(args) -> dict:
+    """The fine-tuning shortcuts given, as ``finetune:`` keys (a deprecated flag says so and maps to its new name)."""
+    from ..config import FinetuneConfig, rename_deprecated
+    from .common import flag_name
+
+    ft = {FINETUNE_FLAGS[k]: v for k, v in vars(args).items() if k in FINETUNE_FLAGS and v is not None}
+    return rename_deprecated(FinetuneConfig, ft, spell=flag_name) or {}
+
+
 def _bench_config(args):
-    from ..config import build_config, read_yaml
+    from ..config import FinetuneConfig, build_config, read_yaml, rename_deprecated
     from ..runner import BenchConfig
 
     yaml_layer = read_yaml(args.config) if args.config else None
@@ -103,9 +114,9 @@ def _bench_config(args):
         flags["baselines"] = True
     if "ood" in flags and flags["ood"].strip() == "":
         flags["ood"] = []
-    ft = {FINETUNE_FLAGS[k]: v for k, v in vars(args).items() if k in FINETUNE_FLAGS and v is not None}
+    ft = _finetune_flags(args)
     if ft:
-        merged = dict((yaml_layer or {}).get("finetune") or {})
+        merged = rename_deprecated(FinetuneConfig, (yaml_layer or {}).get("finetune") or {}, source="finetune")
         merged.update(ft)
         flags["finetune"] = merged
     if args.dataset_option:
@@ -212,7 +223,7 @@ def _reproduce(args) -> int:
     spec = load_table(path)
     yaml_layer = read_yaml(args.config) if args.config else None
     flags = {FLAG_KEYS[k]: v for k, v in vars(args).items() if k in FLAG_KEYS and v is not None}
-    ft = {FINETUNE_FLAGS[k]: v for k, v in vars(args).items() if k in FINETUNE_FLAGS and v is not None}
+    ft = _finetune_flags(args)
     if ft:
         flags["finetune"] = ft
     if args.dataset_option:

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
+from ..config import rename_deprecated
 from ..errors import FDAlignError
 
 
@@ -32,12 +33,22 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, skip: Iterable[str] =
             metavar=metavar,
             help=f"{text} (default: {default})" if text else f"default: {default}",
         )
+    for old, (new, _why) in getattr(cls, "RENAMED", {}).items():
+        if new not in skip:
+            group.add_argument(flag_name(old), dest=old, default=None, metavar=(helps or {}).get(new, ("X", ""))[0],
+                               help=f"deprecated name of {flag_name(new)}")
+
+
+def flag_name(key: str) -> str:
+    """The flag of a config key: ``spurious_weight`` -> ``--spurious-weight``."""
+    return "--" + key.replace("_", "-")
 
 
 def flag_overrides(args: argparse.Namespace, cls) -> Dict[str, Any]:
     """The config fields given on the command line (``None`` = not given)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+    names = {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "RENAMED", {}))
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return rename_deprecated(cls, given, spell=flag_name) or {}
 
 
 class OneLineParser(argparse.ArgumentParser):

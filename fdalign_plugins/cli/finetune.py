@@ -27,7 +27,8 @@ FLAG_HELP = {
     "method": ("NAME", "fine-tuning method (see --list); NAME+wise adds WiSE-FT's weight interpolation"),
     "method_params": ("K=V,..", "the method's hyper-parameters (see --list), e.g. wise_a=0.5"),
     "alpha": ("A", "weight of the class cross-entropy"),
-    "beta": ("B", "weight of the spurious-feature KL that keeps the encoder close to CLIP (0 = plain fine-tuning)"),
+    "spurious_weight": ("W", "weight of the spurious-feature KL that keeps the encoder close to CLIP "
+                        "(0 = plain fine-tuning)"),
     "kl_direction": ("D", "overview: KL(P_ft || P_0); reference: KL(P_0 || P_ft) as the released code"),
     "templates": ("NAME|T,..", "prompt templates for the spurious prototypes: a set name or a comma list"),
     "spc": ("BOOL", "spurious prototype correction: IsolationForest outlier removal, then k-means"),

@@ -49,20 +49,22 @@ class FDAlign(Method):
     """Steps 4–5: the spurious KL against the frozen copy, added to the class loss."""
 
     name = "fd-align"
-    summary = "FD-Align: class loss + beta * KL between spurious-prototype distributions of tuned and frozen encoder"
-    reads = ("alpha", "beta", "kl_direction")
+    summary = ("FD-Align: class loss + spurious_weight * KL between spurious-prototype distributions of tuned and "
+               "frozen encoder")
+    reads = ("alpha", "spurious_weight", "kl_direction")
 
     def uses_frozen(self) -> bool:
-        return self.hparams["beta"] > 0  # beta = 0 is plain fine-tuning: no frozen forward
+        return self.hparams["spurious_weight"] > 0  # 0 is plain fine-tuning: no frozen forward
 
     def loss(self, out: BatchOutputs) -> Dict[str, torch.Tensor]:
         hp = self.hparams
         l_class = F.cross_entropy(out.logits, out.labels)
-        if out.feats0 is not None and hp["beta"] > 0:
+        if out.feats0 is not None and hp["spurious_weight"] > 0:
             l_spur = spurious_kl(out.feats, out.feats0, out.protos.spur_protos, out.tau, hp["kl_direction"])
         else:
             l_spur = torch.zeros((), device=out.feats.device)
-        return {"class": l_class, "spurious": l_spur, "total": total_loss(l_class, l_spur, hp["alpha"], hp["beta"])}
+        total = total_loss(l_class, l_spur, hp["alpha"], hp["spurious_weight"])
+        return {"class": l_class, "spurious": l_spur, "total": total}
 
 
 @hookimpl

@@ -15,7 +15,8 @@ class FullFT(Method):
     """``L = CE(τ·cos(f_t(x), mu_class), y)`` (or the linear head's logits)."""
 
     name = "full-ft"
-    summary = "plain full fine-tuning: cross-entropy against the frozen class prototypes (fd-align with beta = 0)"
+    summary = ("plain full fine-tuning: cross-entropy against the frozen class prototypes "
+               "(fd-align with spurious_weight = 0)")
 
     def loss(self, out: BatchOutputs) -> Dict[str, torch.Tensor]:
         l_class = F.cross_entropy(out.logits, out.labels)
