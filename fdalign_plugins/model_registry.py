@@ -14,12 +14,14 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from .errors import ConfigError
 
-__all__ = ["register_model_config"]
+__all__ = ["register_model_config", "registered_tokenizer"]
 
 _REGISTERED: Dict[str, Dict[str, Any]] = {}
 #: ``{model_name: {tag: weights_path_or_callable}}`` for registered models.
 _PRETRAINED: Dict[str, Dict[str, Union[str, Path, Callable[[], Path]]]] = {}
 _DEFAULT_TAG: Dict[str, str] = {}
+#: ``{model_name: zero-argument tokenizer factory}`` for models whose tokenizer is not open_clip's default.
+_TOKENIZER: Dict[str, Callable[[], Callable]] = {}
 _CONFIG_DIR: Optional[Path] = None
 
 
@@ -28,6 +30,7 @@ def register_model_config(
     config: Mapping[str, Any],
     pretrained: Optional[Mapping[str, Any]] = None,
     default_pretrained: Optional[str] = None,
+    tokenizer: Optional[Callable[[], Callable]] = None,
 ) -> None:
     """Register an open_clip architecture config under ``name``.
 
@@ -37,6 +40,8 @@ def register_model_config(
         pretrained: optional ``{tag: path}`` of local weights files (or zero-argument
             callables returning the path, so that packaged weights resolve lazily).
         default_pretrained: the tag :func:`~fdalign_plugins.models.load_clip` uses when none is given.
+        tokenizer: optional zero-argument factory of the model's tokenizer
+            (``list[str] -> LongTensor [B, L]``); default: ``open_clip.get_tokenizer(name)``.
     """
     global _CONFIG_DIR
     import open_clip
@@ -52,3 +57,11 @@ def register_model_config(
         _PRETRAINED.setdefault(name, {}).update(pretrained)
     if default_pretrained:
         _DEFAULT_TAG[name] = default_pretrained
+    if tokenizer is not None:
+        _TOKENIZER[name] = tokenizer
+
+
+def registered_tokenizer(name: str) -> Optional[Callable]:
+    """A new instance of the tokenizer registered for ``name``, or ``None`` (use open_clip's)."""
+    factory = _TOKENIZER.get(name)
+    return factory() if factory is not None else None

@@ -28,7 +28,13 @@ from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED  # noqa: F401  (their home
 from .errors import CheckpointError, ConfigError, FDAlignError
 # The registry lives one layer down so that the world model can register itself without importing
 # this module (which imports the world model for the default); re-exported here, its public home.
-from .model_registry import _DEFAULT_TAG, _PRETRAINED, _REGISTERED, register_model_config  # noqa: F401
+from .model_registry import (  # noqa: F401
+    _DEFAULT_TAG,
+    _PRETRAINED,
+    _REGISTERED,
+    register_model_config,
+    registered_tokenizer,
+)
 
 
 def _ensure_builtin_models() -> None:
@@ -241,7 +247,7 @@ def load_clip(
         size = size[0]
     mean = tuple(pcfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(pcfg.get("std", open_clip.OPENAI_DATASET_STD))
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = registered_tokenizer(name) or open_clip.get_tokenizer(name)
     return ClipBundle(
         model=net,
         tokenizer=tokenizer,
