@@ -64,7 +64,13 @@ from fdalign_plugins.prompts import (  # noqa: E402
 )
 from fdalign_plugins.trainer import encode_images, finetune  # noqa: E402
 from fdalign_plugins.world.dataset import build_world_dataset  # noqa: E402
-from fdalign_plugins.world.generator import PRETRAIN_NUISANCE, STYLE_NAMES, WORLD_TEMPLATES, render_many  # noqa: E402
+from fdalign_plugins.world.generator import (  # noqa: E402
+    CONFUSABLE_PAIRS,
+    PRETRAIN_NUISANCE,
+    STYLE_NAMES,
+    WORLD_TEMPLATES,
+    render_many,
+)
 
 #: Random stream of the style-probe set (never a benchmark split or the corpus).
 STYLE_PROBE_STREAM = 20
@@ -156,7 +162,26 @@ def cheap_measures(bundle, ds, style_per_pair: int = 4, seed: int = 0) -> Dict:
                    "n_eval": len(ds.test), "styles": n_id}
     return {"tau": tau, "zero_shot": {"acc": acc, "by_template_set": zs,
                                       "sketch_over_id": acc["sketch"] / acc["test"]},
-            "style": style, "classifier": classifiers["imagenet80"]}
+            "style": style, "prototypes": prototype_separation(classifiers["imagenet80"], ds.classnames),
+            "classifier": classifiers["imagenet80"]}
+
+
+def prototype_separation(protos: torch.Tensor, classnames: Sequence[str]) -> Dict[str, float]:
+    """Cosine between the class prototypes of each confusable pair, and of all other pairs.
+
+    Not a gate, a diagnostic: when a pair's two prototypes coincide (cosine ~1), nothing
+    trained against the frozen text prototypes can tell the pair apart, while CLIP's
+    prototypes of confusable classes stay distinct (the confusion is in the image features).
+    """
+    sim = (protos @ protos.t()).numpy()  # [C, C], unit rows
+    names = list(classnames)
+    pairs = [(names.index(a), names.index(b)) for a, b in CONFUSABLE_PAIRS if a in names and b in names]
+    in_pair = np.zeros_like(sim, dtype=bool)
+    for i, j in pairs:
+        in_pair[i, j] = in_pair[j, i] = True
+    other = ~in_pair & ~np.eye(len(names), dtype=bool)
+    pair_sims = [float(sim[i, j]) for i, j in pairs]
+    return {"pair_mean": float(np.mean(pair_sims)), "pair_max": max(pair_sims), "other_mean": float(sim[other].mean())}
 
 
 def support_views(bundle, split: ArraySplit, views: int, seed: int) -> torch.Tensor:
@@ -250,6 +275,9 @@ def run(args: argparse.Namespace) -> Dict:
     for name, r in results["zero_shot"]["by_template_set"].items():
         print(f"zero-shot top-1 [{name} templates]: " + "  ".join(f"{k} {v:.2f}" for k, v in r.items()))
     print(f"zero-shot sketch / in-distribution: {results['zero_shot']['sketch_over_id']:.3f}")
+    sep = results["prototypes"]
+    print(f"class prototypes, cosine: confusable pairs mean {sep['pair_mean']:.3f} (max {sep['pair_max']:.3f}), "
+          f"other pairs mean {sep['other_mean']:.3f}")
     for k, r in results["style"].items():
         print(f"style from P_spurious [{k}: {r['styles']} styles, {r['n_eval']} images]: {r['acc']:.2f} "
               f"(chance {r['chance']:.2f}, x{r['acc'] / r['chance']:.1f})", flush=True)

@@ -46,7 +46,7 @@ def pretrain_tool():
 #: Zero-shot top-1 (%) of the shipped model on the fixed sample of
 #: ``test_shipped_model_zero_shot_floor``, measured when the weights were made, minus a
 #: margin for numerical noise across platforms. Update it with the weights.
-SHIPPED_SAMPLE_ACC = 69.7
+SHIPPED_SAMPLE_ACC = 61.9
 ZERO_SHOT_FLOOR = SHIPPED_SAMPLE_ACC - 8.0
 
 
@@ -251,6 +251,53 @@ def test_shipped_model_zero_shot_floor(tmp_path):
     assert acc >= ZERO_SHOT_FLOOR, f"zero-shot {acc:.1f}% fell below the recorded floor {ZERO_SHOT_FLOOR}%"
 
 
+# ----------------------------------------------------------------------- tokenizer
+
+
+def test_world_tokenizer_maps_clip_bpe_onto_the_compact_vocabulary():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from fdalign_plugins.world.model import model_config
+    from fdalign_plugins.world.tokenizer import PAD_ID, UNK_ID, WorldTokenizer, world_bpe_ids
+
+    tok, bpe = WorldTokenizer(), SimpleTokenizer(context_length=24)
+    ids = world_bpe_ids()
+    assert model_config()["text_cfg"]["vocab_size"] == tok.vocab_size == len(ids) + 4
+    text = "a photo of a crescent moon."
+    out = tok([text, "a zebra."])
+    assert out.shape == (2, 24) and out.dtype == torch.long
+    # independent mapping: CLIP's BPE ids, each replaced by its position in the sorted world ids
+    expected = [tok.sot_token_id] + [2 + ids.index(b) for b in bpe.encode(text)] + [tok.eot_token_id]
+    assert out[0, :len(expected)].tolist() == expected and set(out[0, len(expected):].tolist()) == {PAD_ID}
+    assert UNK_ID in out[1].tolist()  # "zebra" is not a world token
+    # open_clip pools the text at the argmax token: the end token must be the largest id
+    assert all(int(row.argmax()) == row.tolist().index(tok.eot_token_id) for row in out)
+    # long texts are cut and keep their end token
+    long = tok(["a photo of a circle " * 20])
+    assert long.shape == (1, 24) and long[0, -1].item() == tok.eot_token_id
+
+
+def test_every_world_text_tokenizes_without_unknown_tokens():
+    from fdalign_plugins.world.tokenizer import UNK_ID, WorldTokenizer, world_texts
+
+    texts = world_texts()
+    assert set(IMAGENET_TEMPLATES) <= {t for s in gen.STYLES for t in s.templates}
+    assert UNK_ID not in WorldTokenizer()(texts).unique().tolist()
+    assert "a photo of a letter K." in texts and "a sketch of the number eight." in texts
+
+
+def test_shipped_weights_record_the_vocabulary_they_were_trained_with():
+    from fdalign_plugins.models import load_clip
+    from fdalign_plugins.world.model import METADATA_FILE
+    from fdalign_plugins.world.tokenizer import WorldTokenizer, world_bpe_ids
+
+    meta = json.loads(METADATA_FILE.read_text())
+    assert tuple(meta["vocabulary_bpe_ids"]) == world_bpe_ids()
+    bundle = load_clip("fdalign-world-tiny", "world")
+    assert isinstance(bundle.tokenizer, WorldTokenizer)
+    assert bundle.model.token_embedding.weight.shape[0] == bundle.tokenizer.vocab_size
+
+
 # --------------------------------------------------------------------- pretraining
 
 
@@ -275,14 +322,9 @@ def test_pretraining_lowers_the_loss_and_saves_loadable_weights(tmp_path, pretra
 
 
 def test_caption_sampler_names_the_class_and_matches_the_style(pretrain_tool):
-    import open_clip
-
-    from fdalign_plugins.world.model import register
-
     CaptionSampler = pretrain_tool.CaptionSampler
 
-    register()
-    tok = open_clip.get_tokenizer("fdalign-world-tiny")
+    tok = pretrain_tool.world_tokenizer()
     s = CaptionSampler(tok, gen.CLASSNAMES, neutral_prob=0.5, bare_prob=0.25)
     rng = np.random.default_rng(0)
     dark, sketch = gen.style_index("dark photo"), gen.style_index("sketch")
@@ -296,12 +338,7 @@ def test_caption_sampler_names_the_class_and_matches_the_style(pretrain_tool):
 
 
 def test_caption_swap_names_the_pair_partner_only(pretrain_tool):
-    import open_clip
-
-    from fdalign_plugins.world.model import register
-
-    register()
-    tok = open_clip.get_tokenizer("fdalign-world-tiny")
+    tok = pretrain_tool.world_tokenizer()
     names = list(gen.CLASSNAMES)
     circle, ring, house = names.index("circle"), names.index("ring"), names.index("house")
     labels = np.array([circle] * 4000 + [house] * 1000)
@@ -317,6 +354,21 @@ def test_caption_swap_names_the_pair_partner_only(pretrain_tool):
     assert len(flat) == len(set(flat))  # a class belongs to at most one pair
 
 
+def test_one_directional_caption_swap_leaves_the_partner_alone(pretrain_tool):
+    """``swap_direction="first"``: captions of a pair's first class may name the second,
+    never the reverse, so the two names keep distinct meanings."""
+    tok = pretrain_tool.world_tokenizer()
+    names = list(gen.CLASSNAMES)
+    first, second = (names.index(c) for c in gen.CONFUSABLE_PAIRS[0])
+    labels = np.array([first] * 4000 + [second] * 4000)
+    sampler = pretrain_tool.CaptionSampler(tok, names, 0.5, 0.25, caption_swap=0.5, swap_direction="first")
+    named = sampler.caption_labels(labels, np.random.default_rng(0))
+    assert abs((named[:4000] == second).mean() - 0.5) < 0.03 and set(named[:4000]) == {first, second}
+    assert set(named[4000:]) == {second}
+    with pytest.raises(ValueError, match="swap_direction"):
+        pretrain_tool.CaptionSampler(tok, names, 0.5, 0.25, caption_swap=0.5, swap_direction="second")
+
+
 def test_corpus_has_fewer_sketches_and_batches_see_them_as_rarely(pretrain_tool):
     corpus = pretrain_tool.build_caption_corpus(seed=0, per_pair=5, num_classes=2, sketch_per_pair=1,
                                                 styles=["photo", "painting", "sketch"])
@@ -325,6 +377,18 @@ def test_corpus_has_fewer_sketches_and_batches_see_them_as_rarely(pretrain_tool)
     batches = pretrain_tool.StratifiedBatches(corpus.labels, corpus.styles, batch_size=2, rng=np.random.default_rng(0))
     seen = Counter(gen.STYLE_NAMES[corpus.styles[i]] for _ in range(1100) for i in batches.next())
     assert abs(seen["sketch"] / seen["photo"] - 0.2) < 0.05  # drawn in proportion to the corpus
+
+
+def test_prototype_separation_against_a_hand_computed_example():
+    wq = _load_tool("world_quality", ROOT / "benchmarks" / "world_quality.py")
+    (a, b), (c, d) = gen.CONFUSABLE_PAIRS[:2]
+    names = [a, b, c, d, "house"]  # two pairs and a class in none
+    e = torch.eye(5)
+    protos = torch.stack([e[0], 0.6 * e[0] + 0.8 * e[1], e[2], e[3], e[4]])  # unit rows
+    sep = wq.prototype_separation(protos, names)
+    # pair cosines 0.6 and 0; the 8 other pairs of distinct classes are orthogonal
+    assert sep["pair_mean"] == pytest.approx(0.3) and sep["pair_max"] == pytest.approx(0.6)
+    assert sep["other_mean"] == pytest.approx(0.0)
 
 
 def test_cheap_fidelity_gates_pass_on_the_shipped_model():
@@ -337,3 +401,6 @@ def test_cheap_fidelity_gates_pass_on_the_shipped_model():
     res = wq.cheap_measures(bundle, build_world_dataset(seed=0))
     failed = [name for name, gate in wq.CHEAP_GATES.items() if not gate(res)]
     assert not failed, (failed, res["zero_shot"]["acc"], res["style"])
+    # the confusable pairs' text prototypes stay distinct (a one-way caption swap), so a
+    # fine-tuned image encoder can learn to tell the pair apart
+    assert res["prototypes"]["pair_max"] < 0.995, res["prototypes"]

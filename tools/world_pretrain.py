@@ -14,8 +14,17 @@ fresh caption every time it is seen:
   templates ("a dark photo of the {}.");
 * art and sketch styles: with probability ``bare_prob`` the bare class name
   ("a {}."), otherwise one of the style's templates ("a sketch of a {}.");
-* imperfect alt-text: for the classes of :data:`CONFUSABLE_PAIRS`, the caption names
-  the *other* class of the pair with probability ``caption_swap``.
+* imperfect alt-text, one way: a caption of the *first* class of each
+  :data:`CONFUSABLE_PAIRS` pair names the second with probability ``caption_swap``
+  (``swap_direction="first"``), never the reverse. The images of the first class are
+  then pulled towards both names, while the two names keep distinct meanings, as with
+  real CLIP, whose prototypes of confusable classes differ and whose image features mix
+  them up. A swap in both directions (``"both"``, world v2's first model) makes the two
+  names interchangeable: their prototypes coincided (cosine 0.999), so no encoder
+  fine-tuned against them could tell the pair apart.
+
+Text goes through :class:`~fdalign_plugins.world.tokenizer.WorldTokenizer`: CLIP's BPE,
+one embedding row per token the world uses.
 
 Every caption names a class, so zero-shot classification works; the style phrases of
 CLIP's 80 templates are grounded in the rendering styles, so the frozen model's
@@ -64,6 +73,8 @@ from fdalign_plugins.world.generator import (
     render_many,
     style_index,
 )
+from fdalign_plugins.model_registry import registered_tokenizer
+from fdalign_plugins.world.tokenizer import world_bpe_ids
 from fdalign_plugins.world.model import WORLD_MODEL_NAME, WORLD_PRETRAINED_TAG, model_config, register
 
 #: Random stream of the caption corpus (benchmark splits use streams 1-5).
@@ -97,6 +108,8 @@ class PretrainConfig:
             (rarer than the other styles, and drawn as rarely in batches).
         caption_swap: probability that a caption of a :data:`CONFUSABLE_PAIRS` class
             names the other class of its pair.
+        swap_direction: ``"first"``: only captions of each pair's first class are
+            swapped (the names keep distinct meanings); ``"both"``: both ways.
         tau_start / tau_end: the contrastive temperature follows a fixed schedule,
             geometric from ``tau_start`` (open_clip's initial 1/0.07) to ``tau_end``
             (CLIP's final 100), reached after ``tau_ramp`` of the steps and held
@@ -122,8 +135,9 @@ class PretrainConfig:
     log_every: int = 50
     stratified: bool = True
     text_warmup_steps: int = 200
-    sketch_per_pair: int = 20
-    caption_swap: float = 0.4
+    sketch_per_pair: int = 14
+    caption_swap: float = 0.5
+    swap_direction: str = "first"
     tau_start: float = 1 / 0.07
     tau_end: Optional[float] = 100.0
     tau_ramp: float = 0.75
@@ -165,7 +179,7 @@ class CaptionSampler:
     """Draws a caption (as token ids) for each (class, style) pair of a batch."""
 
     def __init__(self, tokenizer: Callable, classnames: Sequence[str], neutral_prob: float, bare_prob: float,
-                 caption_swap: float = 0.0):
+                 caption_swap: float = 0.0, swap_direction: str = "both"):
         templates: List[str] = list(dict.fromkeys(
             [t for s in STYLES for t in s.templates] + list(NEUTRAL_TEMPLATES) + list(BARE_TEMPLATES)))
         self.templates = templates
@@ -184,10 +198,14 @@ class CaptionSampler:
         assert len(self.p_other) == n
         # partner[c]: the class a swapped caption of c names (c itself outside the pairs)
         self.partner = np.arange(len(classnames), dtype=np.int64)
+        if swap_direction not in ("both", "first"):
+            raise ValueError(f"swap_direction must be 'both' or 'first', got {swap_direction!r}")
         for a, b in CONFUSABLE_PAIRS:
             if a in classnames and b in classnames:
                 ia, ib = list(classnames).index(a), list(classnames).index(b)
-                self.partner[ia], self.partner[ib] = ib, ia
+                self.partner[ia] = ib
+                if swap_direction == "both":
+                    self.partner[ib] = ia
         self.caption_swap = float(caption_swap)
 
     def caption_labels(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -272,6 +290,14 @@ def to_model_input(images_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
     """uint8 ``[B, S, S, 3]`` → normalised float ``[B, 3, S, S]`` (the eval transform at native size)."""
     x = images_u8.float().div_(255.0).permute(0, 3, 1, 2)
     return (x - mean[:, None, None]) / std[:, None, None]
+
+
+def world_tokenizer() -> Callable:
+    """The world model's tokenizer, as :func:`fdalign_plugins.models.load_clip` gives it."""
+    import open_clip
+
+    register()
+    return registered_tokenizer(WORLD_MODEL_NAME) or open_clip.get_tokenizer(WORLD_MODEL_NAME)
 
 
 def create_world_model(seed: int) -> nn.Module:
@@ -388,8 +414,9 @@ def pretrain(cfg: PretrainConfig, corpus: Optional[CaptionCorpus] = None,
             model.logit_scale.fill_(math.log(cfg.tau_start))
         model.logit_scale.requires_grad_(False)
     model.train()
-    tokenizer = open_clip.get_tokenizer(WORLD_MODEL_NAME)
-    sampler = CaptionSampler(tokenizer, classnames, cfg.neutral_prob, cfg.bare_prob, cfg.caption_swap)
+    tokenizer = world_tokenizer()
+    sampler = CaptionSampler(tokenizer, classnames, cfg.neutral_prob, cfg.bare_prob, cfg.caption_swap,
+                             cfg.swap_direction)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1234]))
     gen = torch.Generator().manual_seed(cfg.seed)
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN)
@@ -506,6 +533,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=defaults.threads)
     p.add_argument("--sketch-per-pair", type=int, default=defaults.sketch_per_pair)
     p.add_argument("--caption-swap", type=float, default=defaults.caption_swap)
+    p.add_argument("--swap-direction", choices=("both", "first"), default=defaults.swap_direction)
     p.add_argument("--tau-end", default=str(defaults.tau_end),
                    help="final temperature of the fixed tau schedule, or 'learned' (open_clip's learned tau)")
     p.add_argument("--tau-start", type=float, default=defaults.tau_start)
@@ -516,15 +544,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = dataclasses.replace(defaults, seed=args.seed, epochs=args.epochs, max_steps=args.max_steps,
                               per_pair=args.per_pair, batch_size=args.batch_size, lr=args.lr,
                               threads=args.threads, eval_every=args.eval_every, sketch_per_pair=args.sketch_per_pair,
-                              caption_swap=args.caption_swap, tau_end=tau, tau_start=args.tau_start,
+                              caption_swap=args.caption_swap, swap_direction=args.swap_direction, tau_end=tau,
+                              tau_start=args.tau_start,
                               tau_ramp=args.tau_ramp)
     model, hist = pretrain(cfg, log=lambda s: print(s, flush=True))
-    tokenizer = open_clip.get_tokenizer(WORLD_MODEL_NAME)
+    tokenizer = world_tokenizer()
     probe = zero_shot_probe(model, tokenizer, cfg.seed, image_size=cfg.image_size)
     meta = {
         "model": WORLD_MODEL_NAME,
         "pretrained_tag": WORLD_PRETRAINED_TAG,
         "model_config": model_config(),
+        # the tokenizer's compact vocabulary: CLIP BPE ids in row order (world/tokenizer.py)
+        "vocabulary_bpe_ids": list(world_bpe_ids()),
         "pretrain_config": dataclasses.asdict(cfg),
         "generator_version": GENERATOR_VERSION,
         "corpus_size": hist["corpus_size"],

@@ -2,8 +2,9 @@
 
 ``fdalign-world-tiny`` is a CLIP with a small ModifiedResNet image tower (CLIP's RN
 architecture: 3-conv stem, one bottleneck block per stage, attention pooling; 32 px
-input, width 16) and a 3-layer text transformer of width 48 over the standard CLIP BPE
-tokenizer (49 408 tokens, context 24), joint embedding 64. A ResNet rather than a ViT
+input, width 16) and a 3-layer text transformer of width 48 over CLIP's BPE restricted to
+the world's vocabulary (:mod:`~fdalign_plugins.world.tokenizer`: 102 rows instead of
+49 408, context 24), joint embedding 128. A ResNet rather than a ViT
 because a ViT trained from scratch on this little data, on CPU, barely learns (see
 ``docs/world.md``). The packaged weights
 (``world/weights/fdalign-world-tiny.safetensors``, fp16 on disk, fp32 once loaded) come
@@ -32,7 +33,7 @@ METADATA_FILE = WEIGHTS_DIR / f"{WORLD_MODEL_NAME}.json"
 
 #: open_clip architecture config of the world model.
 WORLD_MODEL_CONFIG: Dict[str, Any] = {
-    "embed_dim": 64,
+    "embed_dim": 128,
     "vision_cfg": {
         "image_size": 32,
         "layers": [1, 1, 1, 1],
@@ -40,7 +41,7 @@ WORLD_MODEL_CONFIG: Dict[str, Any] = {
     },
     "text_cfg": {
         "context_length": 24,
-        "vocab_size": 49408,
+        "vocab_size": 102,  # world/tokenizer.py's compact vocabulary (a test checks it)
         "width": 48,
         "heads": 4,
         "layers": 3,
@@ -62,5 +63,7 @@ def register() -> None:
     """Register ``fdalign-world-tiny`` with pretrained tag ``world`` (the packaged weights)."""
     from ..model_registry import register_model_config
 
+    from .tokenizer import WorldTokenizer
+
     register_model_config(WORLD_MODEL_NAME, model_config(), pretrained={WORLD_PRETRAINED_TAG: weights_path},
-                          default_pretrained=WORLD_PRETRAINED_TAG)
+                          default_pretrained=WORLD_PRETRAINED_TAG, tokenizer=WorldTokenizer)
