@@ -58,7 +58,7 @@ class FinetuneConfig:
     head: str = "fixed"
     # optimisation
     optimizer: str = "sgd"
-    lr: float = 2e-4
+    lr: float = 5e-4
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -67,7 +67,7 @@ class FinetuneConfig:
     grad_accum: int = 1
     grad_clip: float = 1.0
     warmup_iters: int = 0
-    warmup_epochs: float = 2.0
+    warmup_epochs: float = 0.0
     aug_scale: Tuple[float, float] = (0.9, 1.0)
     freeze_bn: bool = True
     val_shots: int = 4
