@@ -5,7 +5,7 @@ the project's trainer and the default recipe, and evaluates on the in-distributi
 split and the two OOD splits (decorrelated, sketch):
 
 * zero-shot (the stock encoder);
-* plain full fine-tuning (FD-Align's ``beta`` = 0), the paired reference;
+* plain full fine-tuning (FD-Align's spurious weight ``beta`` = 0), the paired reference;
 * WiSE-FT (a = 0.5) of that plain fine-tuned encoder;
 * FD-Align ``beta`` = 1 with the overview's KL direction and with the reference code's;
 * FD-Align ``beta`` = 5 and 20 (overview direction): the sweep that used to collapse.
@@ -53,12 +53,12 @@ _spec.loader.exec_module(wq)
 #: (row label, FinetuneConfig overrides); None: no fine-tuning. "wise" rows mix "full FT".
 ARMS = (
     ("zero-shot", None),
-    ("full FT (beta 0)", {"beta": 0.0}),
+    ("full FT (beta 0)", {"spurious_weight": 0.0}),
     ("WiSE-FT a=0.5", "wise"),
-    ("FD-Align beta 1", {"beta": 1.0, "kl_direction": "overview"}),
-    ("FD-Align beta 1, reference KL", {"beta": 1.0, "kl_direction": "reference"}),
-    ("FD-Align beta 5", {"beta": 5.0}),
-    ("FD-Align beta 20", {"beta": 20.0}),
+    ("FD-Align beta 1", {"spurious_weight": 1.0, "kl_direction": "overview"}),
+    ("FD-Align beta 1, reference KL", {"spurious_weight": 1.0, "kl_direction": "reference"}),
+    ("FD-Align beta 5", {"spurious_weight": 5.0}),
+    ("FD-Align beta 20", {"spurious_weight": 20.0}),
 )
 REFERENCE = "full FT (beta 0)"
 

@@ -205,7 +205,7 @@ def trained_measures(bundle_loader: Callable, ds, base: Dict, shots: int, seeds:
         fs = few_shot_split(ds, shots, seed)
         stock = bundle_loader()
         tf = stock.eval_transform
-        cfg = FinetuneConfig(**{"beta": 0.0, "shots": shots, "seed": seed, "device": "cpu", "amp": False,
+        cfg = FinetuneConfig(**{"spurious_weight": 0.0, "shots": shots, "seed": seed, "device": "cpu", "amp": False,
                                 **dict(ft_overrides)})
         ft = bundle_loader()
         t0 = time.time()

@@ -11,7 +11,7 @@ this script's output.
 Run::
 
     python benchmarks/world_recipe.py                  # 12 recipes x 2 draws, ~8 min on 1 core
-    python benchmarks/world_recipe.py --beta 5 --seeds 1,2,3
+    python benchmarks/world_recipe.py --spurious-weight 5 --seeds 1,2,3
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ _spec.loader.exec_module(wq)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shots", type=int, default=16)
-    p.add_argument("--beta", type=float, default=1.0, help="FD-Align's spurious-loss weight during the sweep")
+    p.add_argument("--spurious-weight", "--beta", dest="beta", type=float, default=1.0,
+                   help="FD-Align's spurious-loss weight (the paper's beta) during the sweep")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     p.add_argument("--lrs", type=lambda s: [float(x) for x in s.split(",")], default=[2e-4, 5e-4, 1e-3])
     p.add_argument("--warmups", type=lambda s: [int(x) for x in s.split(",")], default=[0, 2],
@@ -77,8 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         accs, marks, t0 = [], [], time.time()
         for seed in args.seeds:
             fs = few_shot_split(ds, args.shots, seed)
-            over = dict(beta=args.beta, shots=args.shots, seed=seed, lr=lr, warmup_epochs=warm, grad_clip=clip,
-                        aug_scale=aug, device="cpu", amp=False)
+            over = dict(spurious_weight=args.beta, shots=args.shots, seed=seed, lr=lr, warmup_epochs=warm,
+                        grad_clip=clip, aug_scale=aug, device="cpu", amp=False)
             if args.epochs:
                 over["epochs"] = args.epochs
             b = load_clip("fdalign-world-tiny", args.pretrained)
