@@ -1,5 +1,8 @@
 """Typed configuration: dataclass defaults < YAML file < command-line flags.
 
+The sections live here: :class:`FinetuneConfig` (one fine-tuning run, the ``finetune:``
+section of a bench config) and :class:`EpisodicConfig` (the ``episodic:`` section).
+
 Configs are frozen-free dataclasses so they can be resolved, saved next to every
 result and compared. Unknown keys are errors that list the valid keys.
 """
@@ -120,6 +123,36 @@ class FinetuneConfig:
     def create_method(self):
         """A new :class:`~fdalign_plugins.method_api.Method` for ``method`` with its resolved hyper-parameters."""
         return get_method_spec(self.method).factory(**self.method_hparams())
+
+
+@dataclass
+class EpisodicConfig:
+    """Settings of the N-way K-shot protocol (the ``episodic:`` section of a bench config).
+
+    The evaluated K values are the run's ``shots``; the default is the paper's 5-way,
+    15 queries, 2 000 episodes × 5 repeats.
+    """
+
+    n_way: int = 5
+    query: int = 15
+    episodes: int = 2000
+    repeats: int = 5
+    train_shot: int = 5
+    train_query: int = 15
+    train_episodes: int = 100
+    val_episodes: int = 100
+    eval_sets: List[str] = field(default_factory=list)
+    short: str = "skip"
+
+    def validate(self) -> "EpisodicConfig":
+        for k in ("n_way", "episodes", "repeats", "train_shot", "train_episodes"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"episodic.{k} must be a positive integer, got {getattr(self, k)}")
+        if self.query <= 0 or self.train_query < 0 or self.val_episodes < 0:
+            raise ConfigError("episodic.query must be > 0, train_query and val_episodes >= 0")
+        if self.short not in ("error", "skip"):
+            raise ConfigError(f"episodic.short must be error or skip, got {self.short!r}")
+        return self
 
 
 _WARNED: Set[str] = set()

@@ -76,7 +76,8 @@ def run_table(spec: Dict[str, Any], out: Path, overrides: List[Optional[Mapping[
               log: Callable[[str], None] = print, progress: Any = False) -> Dict[str, List[Dict[str, Any]]]:
     """Run every run of a table (resuming what is done); return the records per run."""
     from .results import read_results
-    from .runner import BenchConfig, Runner
+    from .bench.context import BenchConfig
+    from .bench.runner import Runner
 
     records = {}
     for name, run in spec["runs"].items():
@@ -150,7 +151,7 @@ def side_by_side(spec: Dict[str, Any], records: Dict[str, List[Dict[str, Any]]])
 
 
 def header(spec: Dict[str, Any], records: Dict[str, List[Dict[str, Any]]]) -> str:
-    from .runner import REFERENCE_WARNING
+    from .bench.context import REFERENCE_WARNING
 
     lines = []
     if any(r.get("protocol") == "reference" for rs in records.values() for r in rs):

@@ -1,7 +1,7 @@
 """The training spine: the rules every gradient-training loop of the project shares.
 
 Three loops train by gradient — standard fine-tuning (:func:`fdalign_plugins.trainer.finetune`),
-episodic fine-tuning (:func:`fdalign_plugins.protocols.episodic_finetune`) and the
+episodic fine-tuning (:func:`fdalign_plugins.bench.episodic.episodic_finetune`) and the
 adapters' own training (:func:`fdalign_plugins.adapter_api.train_on_views`). They differ
 in what a batch is; they share, from here:
 

@@ -474,7 +474,7 @@ def test_adapters_rn50_covers_every_adapter_with_published_only_averages():
 
 
 def test_a_run_that_pins_its_protocol_keeps_it(tmp_path, monkeypatch):
-    import fdalign_plugins.runner as runner_mod
+    import fdalign_plugins.bench.runner as runner_mod
     from fdalign_plugins.reproduce import find_table, load_table, run_table
 
     seen = {}

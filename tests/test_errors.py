@@ -313,11 +313,12 @@ def _existing_checkpoint(env):
 def _no_model_load(env):
     """Make any model load fail the test: the error must come before it."""
     import fdalign_plugins.cli.finetune  # noqa: F401
-    from fdalign_plugins import models, runner
+    from fdalign_plugins import models
+    from fdalign_plugins.bench import standard
 
     def boom(*a, **k):
         raise AssertionError("a model was loaded before the input was checked")
-    env.monkeypatch.setattr(runner, "load_clip", boom)
+    env.monkeypatch.setattr(standard, "load_clip", boom)
     env.monkeypatch.setattr(models, "load_clip", boom)
 
 

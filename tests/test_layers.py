@@ -50,8 +50,8 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("plugin contract and host", ("fdalign_plugins.adapter_api", "fdalign_plugins.search",
                                   "fdalign_plugins.plugins", "fdalign_plugins.preflight")),
     ("plugins", ("fdalign_adapters",) + METHOD_PLUGINS),
-    ("bench", ("fdalign_plugins.runner", "fdalign_plugins.protocols", "fdalign_plugins.reproduce",
-               "fdalign_plugins.report")),
+    ("bench", ("fdalign_plugins.bench", "fdalign_plugins.runner", "fdalign_plugins.protocols",
+               "fdalign_plugins.reproduce", "fdalign_plugins.report")),
     ("cli", ("fdalign_plugins.cli",)),
 ]
 
@@ -231,6 +231,11 @@ def test_strict_rules(graph):
             if _under(a, ("fdalign_plugins",)) and _under(b, ("fdalign_adapters",)):
                 bad.append(f"{a} (line {line}) imports {b}: the core never imports the built-in adapters "
                            "(they come through entry points)")
+            protocols = ("fdalign_plugins.bench.standard", "fdalign_plugins.bench.episodic")
+            if _under(a, ("fdalign_plugins.bench.context",) + protocols) and b != a and _under(
+                    b, protocols + ("fdalign_plugins.bench.runner",)):
+                bad.append(f"{a} (line {line}) imports {b}: the run context imports no protocol and a protocol "
+                           "imports only the context (bench.runner alone knows both)")
             if _under(b, METHOD_PLUGINS) and not _under(a, METHOD_PLUGINS):
                 bad.append(f"{a} (line {line}) imports {b}: nothing imports a built-in method plugin "
                            "(they come through entry points)")

@@ -106,7 +106,7 @@ def _finetune_flags(args) -> dict:
 
 def _bench_config(args):
     from ..config import FinetuneConfig, build_config, read_yaml, rename_deprecated
-    from ..runner import BenchConfig
+    from ..bench.context import BenchConfig
 
     yaml_layer = read_yaml(args.config) if args.config else None
     flags = {FLAG_KEYS[k]: v for k, v in vars(args).items() if k in FLAG_KEYS and v is not None}
@@ -168,7 +168,7 @@ def _run(args) -> int:
         return _reproduce(args)
     if args.report is not None:
         from ..results import read_results_located
-        from ..runner import default_out
+        from ..bench.context import default_out
 
         # no paths: the run folder the same command computes into (--out, or its default)
         paths = [Path(p) for p in args.report] or [Path(args.out) if args.out else default_out(_bench_config(args))]
@@ -187,7 +187,8 @@ def _run(args) -> int:
 
     from ..distributed import init_from_env
     from ..progress import cli_progress
-    from ..runner import Runner, default_out
+    from ..bench.context import default_out
+    from ..bench.runner import Runner
 
     init_from_env()  # under torchrun: join the process group (no-op in a single process)
     t0 = time.time()
@@ -253,7 +254,7 @@ def _write_reports(located, out: Path):
 
 
 def _header(records) -> str:
-    from ..runner import REFERENCE_WARNING
+    from ..bench.context import REFERENCE_WARNING
 
     cfgs = {r["encoder_source"] for r in records if r.get("encoder") == "clip" and r.get("encoder_source")}
     head = f"fdalign-bench results ({len(records)} records; model {', '.join(sorted(cfgs))})"

@@ -1,0 +1,345 @@
+"""The run context both bench protocols share.
+
+A :class:`RunContext` holds what every protocol needs and nothing a protocol decides:
+the resolved :class:`BenchConfig`, the run folder, the device and thread count, the
+results file and the shared store's feature cache (:meth:`RunContext.open_stores`), the
+log, and the run's :class:`RunSummary`. It provisions encoders the same way for every
+protocol (:meth:`RunContext.provide_encoder`: a folder in the shared store keyed by
+everything that decides the weights, a lock, reuse or training, a link from the run
+folder, the fine-tuning verdict flagged) and builds the fields every record shares
+(:meth:`RunContext.record_fields`).
+
+The protocols (:mod:`.standard`: adapters on CoOp-style few-shot splits;
+:mod:`.episodic`: N-way K-shot) import this module; it imports no protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from ..checkpoint import WEIGHTS_NAME, load_encoder_into
+from ..config import EpisodicConfig, FinetuneConfig, build_config, coerce_layer, to_dict
+from ..distributed import is_main
+from ..errors import ConfigError
+from ..features import FeatureCache
+from ..models import DEFAULT_MODEL, ClipBundle
+from ..results import ENCODER_CLIP, ENCODER_FDALIGN, ENCODERS, ResultsFile, software_versions
+from ..store import Store, link_into, touch
+from ..threads import ThreadChoice, apply_threads, choose_threads
+from ..trainer import resolve_device
+
+#: ``standard``: everything selected on a held-out few-shot validation split.
+#: ``reference``: the released code's choices (KL direction, linear head, and model and
+#: hyper-parameter selection on the TEST set); every output made with it says so.
+PROTOCOLS = ("standard", "reference")
+#: What a run does: ``adapters`` (CoOp-style few-shot adapters, :mod:`.standard`) or
+#: ``episodic`` (N-way K-shot, :mod:`.episodic`). ``protocol`` is the selection rule of either.
+MODES = ("adapters", "episodic")
+REFERENCE_WARNING = ("REFERENCE PROTOCOL (mimics the released code): epochs and hyper-parameters were selected on "
+                     "the TEST set; these numbers are not held-out estimates.")
+
+#: The default fine-tuning method; its encoder keeps the label ``fdalign`` in records and tables.
+DEFAULT_METHOD = "fd-align"
+
+
+def method_label(method: str) -> str:
+    """The encoder label of a fine-tuning method in records and tables (``fd-align`` -> ``fdalign``)."""
+    return ENCODER_FDALIGN if method == DEFAULT_METHOD else method
+
+
+@dataclass
+class BenchConfig:
+    """Everything that decides a benchmark run (flags > YAML > these defaults)."""
+
+    adapters: List[str] = field(default_factory=lambda: ["tip-f"])
+    shots: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+    dataset: str = "world"
+    data_root: Optional[str] = None
+    ood: Optional[List[str]] = None
+    model: str = DEFAULT_MODEL
+    pretrained: Optional[str] = None
+    encoder: Optional[str] = None
+    encoders: List[str] = field(default_factory=lambda: [ENCODER_CLIP, ENCODER_FDALIGN])
+    baselines: bool = False
+    methods: List[str] = field(default_factory=lambda: [DEFAULT_METHOD])
+    method_params: Dict[str, Any] = field(default_factory=dict)
+    views: int = 10
+    view_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    finetune: Dict[str, Any] = field(default_factory=dict)
+    adapter_params: Dict[str, Any] = field(default_factory=dict)
+    dataset_options: Dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    workers: int = 0
+    threads: Optional[int] = None
+    batch_size: int = 256
+    cache_dir: Optional[str] = None
+    skip_corrupt: bool = False
+    protocol: str = "standard"
+    mode: str = "adapters"
+    episodic: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "BenchConfig":
+        if not self.adapters:
+            raise ConfigError("adapters: give at least one adapter name (or all)")
+        if not self.shots or any(s <= 0 for s in self.shots):
+            raise ConfigError(f"shots must be positive integers, got {self.shots}")
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds must be integers >= 0, got {self.seeds}")
+        if self.views <= 0:
+            raise ConfigError(f"views must be a positive integer, got {self.views}")
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be a positive integer (or unset: chosen from the free cores), "
+                              f"got {self.threads}")
+        bad = [e for e in self.encoders if e not in ENCODERS]
+        if bad or not self.encoders:
+            raise ConfigError(f"encoders must be a non-empty list of {', '.join(ENCODERS)}; got {self.encoders}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be adapters (CoOp-style few-shot) or episodic (N-way K-shot); "
+                              f"got {self.mode!r}")
+        if self.mode == "episodic":
+            build_config(EpisodicConfig, self.episodic, source="episodic")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {self.protocol!r}")
+        if len(self.view_scale) != 2 or not (0 < self.view_scale[0] <= self.view_scale[1] <= 1):
+            raise ConfigError(f"view_scale must be two numbers 0 < lo <= hi <= 1, got {self.view_scale}")
+        from ..preflight import check_adapter_params, check_dataset_source
+
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods must be a non-empty list of distinct method names, got {self.methods}")
+        if (not isinstance(self.method_params, dict)
+                or any(not isinstance(v, dict) for v in self.method_params.values())):
+            raise ConfigError("method_params must map method names to mappings of hyper-parameters")
+        stray = sorted(set(self.method_params) - set(self.methods))
+        if stray:
+            raise ConfigError(f"method_params names method(s) not in methods: {', '.join(stray)}; methods: "
+                              f"{', '.join(self.methods)}")
+        if "method" in (self.finetune or {}) or "method_params" in (self.finetune or {}):
+            raise ConfigError("choose fine-tuning methods with methods: / --methods and their hyper-parameters with "
+                              "method_params: {method: {...}}, not inside the finetune section")
+        if self.encoder and self.methods != [DEFAULT_METHOD]:
+            raise ConfigError("--encoder replaces fd-align's fine-tuning; it cannot stand for other methods "
+                              f"({', '.join(self.methods)}); drop --encoder or use --methods fd-align")
+        if self.mode == "episodic" and self.methods != [DEFAULT_METHOD]:
+            raise ConfigError("the episodic mode fine-tunes with fd-align only; drop --methods")
+        # names, hyper-parameters (every method's too) and the fine-tuning section are checked (and
+        # typed, so a flag and the same YAML value are one config) now, before any model is loaded
+        resolve_adapters(self.adapters, self.protocol, log=lambda line: None)  # run() says what "all" leaves out
+        self.adapter_params = check_adapter_params(self.adapter_params)
+        check_dataset_source(self.dataset, self.data_root)
+        self.finetune = coerce_layer(FinetuneConfig, self.finetune, source="finetune")
+        for m in self.methods:
+            self.finetune_config(shots=self.shots[0], seed=self.seeds[0], method=m)
+        return self
+
+    def finetune_config(self, shots: int, seed: int, spurious_weight: Optional[float] = None,
+                        method: str = DEFAULT_METHOD) -> FinetuneConfig:
+        """The resolved fine-tuning config of one work item for ``method``."""
+        base = {"model": self.model, "pretrained": self.pretrained, "dataset": self.dataset,
+                "data_root": self.data_root, "device": self.device, "workers": self.workers}
+        item = {"shots": shots, "seed": seed}
+        if self.protocol == "reference":
+            # the released code: KL(P_0 || P_ft) and a trainable linear head from tau * mu_class
+            item.update(kl_direction="reference", head="linear")
+        if spurious_weight is not None:  # 0 for the plain fine-tuning baseline
+            item["spurious_weight"] = spurious_weight
+        item.update(method=method, method_params=self.method_params.get(method, {}))
+        return build_config(FinetuneConfig, base, self.finetune, item, source="finetune")
+
+
+def resolve_adapters(names: List[str], protocol: str = "standard",
+                     log: Callable[[str], None] = print) -> List[str]:
+    """Expand ``all`` and check names against the registry (unknown -> the valid list)
+    and against ``protocol``: an adapter named explicitly that does not support the
+    protocol's selection policy is refused (:func:`~fdalign_plugins.adapter_api.check_selection`);
+    ``all`` leaves such adapters out and says so through ``log``."""
+    from ..adapter_api import check_selection
+    from ..plugins import get_adapter_spec, list_adapters
+
+    if any(n == "all" for n in names):
+        names = [s.name for s in list_adapters()]
+        left_out = []
+        for spec in list_adapters():
+            try:
+                check_selection(spec, protocol)
+            except ConfigError:
+                left_out.append(spec.name)
+        if left_out:
+            log(f"--adapter all under --protocol {protocol}: leaving out {', '.join(left_out)} "
+                "(they never select on the test set)")
+            names = [n for n in names if n not in left_out]
+    out = []
+    for n in ["zero-shot"] + list(names):
+        check_selection(get_adapter_spec(n), protocol)
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def default_out(cfg: BenchConfig) -> Path:
+    """A deterministic run folder: the same command resumes in the same place."""
+    d = to_dict(cfg)
+    # a renamed fine-tuning key hashes under its old name, so a command from before the rename finds its folder
+    old_name = {new: old for old, (new, _why) in FinetuneConfig.RENAMED.items()}
+    d["finetune"] = {old_name.get(k, k): v for k, v in d["finetune"].items()}
+    h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path("runs") / f"bench-{cfg.dataset}-{h}"
+
+
+def platform_info(device: torch.device) -> Dict[str, Any]:
+    """What a record's numbers depend on beyond the command: threads, torch build, CPU, device."""
+    info: Dict[str, Any] = {"threads": torch.get_num_threads(), "torch_git": torch.version.git_version,
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            "machine": platform.machine(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+@dataclass
+class RunSummary:
+    """What a run did: records written and skipped, cache counters, wall time."""
+
+    written: int = 0
+    skipped: int = 0
+    failed: int = 0
+    finetuned: int = 0
+    flagged: List[str] = field(default_factory=list)  # fine-tuning runs validation rejected or that collapsed
+    seconds: float = 0.0
+    cache: Any = None
+    out: Optional[Path] = None
+
+
+def parse_shard(shard) -> Tuple[int, int]:
+    """``"i/n"`` or ``(i, n)`` -> ``(i, n)`` with ``0 <= i < n``; a clear error otherwise."""
+    if isinstance(shard, str):
+        parts = shard.split("/")
+        try:
+            i, n = (int(parts[0]), int(parts[1])) if len(parts) == 2 else (None, None)
+        except ValueError:
+            i, n = None, None
+        if i is None:
+            raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}")
+    else:
+        i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard i/n needs n >= 1 and 0 <= i < n, got {i}/{n}")
+    return int(i), int(n)
+
+
+def results_name(shard: Optional[Tuple[int, int]]) -> str:
+    """``results.jsonl``, or ``results-shard<i>of<n>.jsonl`` for a shard."""
+    return "results.jsonl" if shard is None else f"results-shard{shard[0]}of{shard[1]}.jsonl"
+
+
+class RunContext:
+    """What a bench run shares across protocols; see the module docstring.
+
+    Args:
+        cfg: the resolved config (validated again here).
+        out: run folder (``results.jsonl``, tables, links ``encoders/<name>`` into the
+            shared store that ``cfg.cache_dir`` names; see :mod:`fdalign_plugins.store`).
+        log: receives one line per finished record and per stage.
+        progress: ``True`` progress bars, ``"plain"`` progress lines (off a terminal),
+            ``False`` none (see :mod:`fdalign_plugins.progress`).
+        stop_after_records: raise ``KeyboardInterrupt`` after writing this many records
+            (tests use it to simulate an interruption).
+        shard: ``"i/n"`` or ``(i, n)``: run only that shard of the work items.
+    """
+
+    def __init__(self, cfg: BenchConfig, out: Path, log: Callable[[str], None] = print, progress: Any = False,
+                 stop_after_records: Optional[int] = None, shard: Optional[Tuple[int, int]] = None):
+        from ..preflight import check_encoder_file, check_model_source, check_output_folder
+
+        self.cfg = cfg.validate()
+        self.out = Path(out)
+        self.shard = parse_shard(shard) if shard is not None else None
+        self.log = log
+        self.progress = progress
+        self.stop_after = stop_after_records
+        # everything a run reads or writes is checked before any model is loaded
+        check_model_source(cfg.model, cfg.pretrained)
+        if cfg.encoder:
+            check_encoder_file(cfg.encoder)
+        self.device = resolve_device(cfg.device)
+        check_output_folder(self.out, "--out")
+        self.store = Store(cfg.cache_dir)  # encoders and features, shared by every run folder
+        check_output_folder(self.store.root, "--cache-dir")
+        self.summary = RunSummary(out=self.out)
+        self.threads: Optional[ThreadChoice] = None
+
+    def set_threads(self) -> ThreadChoice:
+        """Choose and apply the thread count (:mod:`fdalign_plugins.threads`) and say so."""
+        self.threads = choose_threads(self.cfg.threads)
+        apply_threads(self.threads)
+        self.log(self.threads.describe())
+        return self.threads
+
+    def open_stores(self, results_file: str) -> Tuple[ResultsFile, FeatureCache]:
+        """The run's results file and the shared store's feature cache (see :mod:`fdalign_plugins.store`)."""
+        cfg = self.cfg
+        cache = FeatureCache(self.store.features, batch_size=cfg.batch_size,
+                             workers=cfg.workers, device=self.device, progress=self.progress)
+        self.summary.cache = cache.stats
+        return ResultsFile(self.out / results_file), cache
+
+    # ------------------------------------------------------------------ encoders
+    def encoder_dir(self, name: str, key: Mapping[str, Any]) -> Path:
+        """The folder in the shared store of the encoder ``key`` decides (``<name>-<hash of key>``)."""
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return self.store.encoder_dir(f"{name}-{digest}")
+
+    def provide_encoder(self, bundle: ClipBundle, d: Path, label: str,
+                        train: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+        """Load the encoder of store folder ``d`` into ``bundle``, training it first (``train``,
+        which writes ``d``) if the store does not hold it; link it into the run folder and
+        flag a fine-tuning run that validation rejected or that collapsed.
+
+        Args:
+            bundle: the stock model, changed in place.
+            d: the encoder's store folder (:meth:`encoder_dir`).
+            label: how the log and the summary name this encoder.
+            train: fine-tunes ``bundle`` and writes ``d``; returns the sidecar metadata.
+
+        Returns:
+            The encoder's sidecar metadata.
+        """
+        # rank 0 alone takes the lock: under torchrun every rank must enter the training together
+        with self.store.lock(d.name, log=self.log) if is_main() else contextlib.nullcontext():
+            if (d / WEIGHTS_NAME).is_file():
+                meta = load_encoder_into(bundle.model, d)
+                touch(d / WEIGHTS_NAME)
+                self.log(f"  reusing {label} encoder {d}")
+            else:
+                meta = train()
+                self.summary.finetuned += 1
+        if is_main():
+            link_into(self.out, d)
+        status = meta.get("finetune_verdict", "ok")
+        if status != "ok":
+            self.summary.flagged.append(f"{label}: {status} ({meta.get('finetune_verdict_reason')})")
+        return meta
+
+    # ------------------------------------------------------------------ records
+    def record_fields(self, dataset: str, adapter: str, encoder: str, shots: int, seed: int,
+                      fingerprint: str) -> Dict[str, Any]:
+        """The fields every record has, whatever the protocol: its key (dataset, adapter,
+        encoder, shots, seed), the encoder's weight fingerprint, the selection rule
+        (``protocol``) and the ``mode``, the resolved config, software versions and platform."""
+        cfg = self.cfg
+        return {"dataset": dataset, "adapter": adapter, "encoder": encoder, "shots": shots, "seed": seed,
+                "encoder_fingerprint": fingerprint, "protocol": cfg.protocol, "mode": cfg.mode,
+                "config": to_dict(cfg), "versions": software_versions(), "platform": platform_info(self.device)}
