@@ -61,7 +61,7 @@ class FinetuneConfig:
     head: str = "fixed"
     # optimisation
     optimizer: str = "sgd"
-    lr: float = 5e-4
+    lr: float = 1e-3
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
