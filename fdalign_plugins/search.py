@@ -11,8 +11,10 @@ the product with ``L`` is a per-class sum over the cache entries of that class
 (:func:`class_sum`), never a dense matrix product.
 
 :func:`search_cache_grid` picks (β, α[, value-weight row]) on a validation set. It
-computes each affinity once, the per-class scores once per (β, value-weight row), and
-applies every α to those precomputed scores at once. It returns exactly the grid point
+computes each affinity once, the per-class scores once per β for every value-weight
+row together (one batched product per class), and counts the correct predictions of
+every α at once with :func:`alpha_counts`, which evaluates only the classes that can
+reach the true class anywhere on the α grid. It returns exactly the grid point
 of the reference double loop ``for beta in betas: for alpha in alphas:`` (keep the
 first strictly better top-1), because accuracy is counted as integer numbers of
 correct predictions.
@@ -35,6 +37,7 @@ __all__ = [
     "GridList",
     "SearchResult",
     "affinity_kernel",
+    "alpha_counts",
     "class_sum",
     "count_correct",
     "grid_values",
@@ -243,6 +246,60 @@ class SearchResult:
         return percent(self.correct, max(self.total, 1))
 
 
+@torch.no_grad()
+def alpha_counts(scores: Tensor, base: Tensor, target: Tensor, alphas: Tensor,
+                 base_norm: Optional[Tensor] = None) -> Tensor:
+    """Correct predictions of ``base + α · scores`` for every ``α``, exactly as the dense loop.
+
+    Equal, count for count, to ``[(torch.argmax(base + scores * α, dim=0) == target).sum() for α in alphas]``
+    (the product rounded, then the sum: the search's order of operations; the first
+    class on ties), without evaluating ``C`` logits per ``α``. In exact arithmetic
+    ``l_c(α) − l_y(α)`` is linear in ``α``, so a class ``c`` that lies below the true class
+    ``y`` by more than a rounding bound at both ends of the α grid lies below it at every
+    α of the grid: it can neither win nor tie. Only the remaining *rivals* — (class,
+    feature) pairs, usually none or a handful per feature — are evaluated at every α,
+    with the same rounded operations and the same first-index rule.
+
+    The bound: a computed logit ``fl(fl(α s) + b)`` is within ``2u (|α| max|s| + max|b|)``
+    of its exact value (``u`` the unit roundoff), so with ``E = 64u (max|α| max|s| + max|b|)``
+    (maxima over the whole block), ``l_c ≤ l_y − E`` at both ends (computed either way) implies
+    ``fl(l_c(α)) < fl(l_y(α))`` at every α between them.
+
+    Args:
+        scores: ``[C, B]`` per-class cache scores (one row per class).
+        base: ``[C, B]`` the α-independent logits.
+        target: ``[B]`` int64 labels; a label outside ``[0, C)`` is never correct.
+        alphas: ``[nA]`` the α grid, in ``scores``' dtype.
+        base_norm: optional ``max |base|`` (0-d; precomputed when ``base`` is reused).
+
+    Returns:
+        ``[nA]`` int64 correct counts.
+    """
+    num_classes, num = scores.shape
+    valid = (target >= 0) & (target < num_classes)  # [B]
+    tgt = target.clamp(0, num_classes - 1)[None, :]  # [1, B]
+    s_y, b_y = scores.gather(0, tgt), base.gather(0, tgt)  # [1, B]
+    lo, hi = float(alphas.min()), float(alphas.max())
+    smin, smax = torch.aminmax(scores)  # one bound for the whole chunk: looser, never wrong
+    if base_norm is None:
+        base_norm = base.abs().max()
+    bound = 32.0 * torch.finfo(scores.dtype).eps * (  # eps = 2u
+        max(abs(lo), abs(hi)) * torch.maximum(smax.abs(), smin.abs()) + base_norm)  # 0-d
+    rival = torch.add(base, scores, alpha=lo) > (torch.add(b_y, s_y, alpha=lo) - bound)  # [C, B]
+    rival |= torch.add(base, scores, alpha=hi) > (torch.add(b_y, s_y, alpha=hi) - bound)
+    rival.scatter_(0, tgt, False)  # the true class is not its own rival
+    cls, row = rival.nonzero().unbind(1)  # [P] rival pairs (class, feature)
+    logit_c = scores[cls, row][None] * alphas[:, None]  # [nA, P]
+    logit_c += base[cls, row][None]
+    logit_y = s_y[0, row][None] * alphas[:, None]  # [nA, P]
+    logit_y += b_y[0, row][None]
+    # the rival is the arg-max's pick over y if it is higher, or equal with a smaller index
+    beaten = (logit_c > logit_y) | ((logit_c == logit_y) & (cls < tgt[0, row])[None])  # [nA, P]
+    losses = torch.zeros(len(alphas), num, dtype=torch.int64, device=scores.device)
+    losses.index_add_(1, row, beaten.to(torch.int64))  # [nA, B]
+    return ((losses == 0) & valid[None]).sum(dim=1)
+
+
 def _chunk_rows(num_val: int, num_entries: int, num_classes: int, itemsize: int) -> int:
     """Validation rows per chunk so that the ``[NK, B]`` affinity and kernel fit the budget."""
     per_row = itemsize * max(num_entries * 2, num_classes * 4)
@@ -311,29 +368,28 @@ def search_cache_grid(
     if chunk_size is None:
         chunk_size = _chunk_rows(num_val, num_entries, num_classes, base_logits.element_size())
 
+    block = uniform_block_size(labels, num_classes)
+    if weights is not None and block is not None:  # [G, C, K]: the value weights per class and shot
+        weights_gck = weights.reshape(n_weights, num_classes, block)
     for start in range(0, num_val, chunk_size):
         stop = min(start + chunk_size, num_val)
-        affinity_t = keys.to(dtype) @ features[start:stop].to(dtype).T  # [NK, B]
-        base = base_logits[start:stop]  # [B, C]
+        shifted = keys.to(dtype) @ features[start:stop].to(dtype).T  # [NK, B] affinity A
+        shifted.sub_(1.0)  # A − 1, shared by every β (the kernel is exp((A − 1)·β), as affinity_kernel)
+        base_t = base_logits[start:stop].T.contiguous()  # [C, B]
+        base_norm = base_t.abs().max()  # max |base| of the chunk
         target = val_labels[start:stop].to(device)  # [B]
-        kernel = torch.empty_like(affinity_t)  # [NK, B]
-        # As many α per step as fit a cache-sized block: all of them for small problems
-        # (few Python-level operations), one at a time for ImageNet-sized chunks.
-        step = max(1, min(len(alphas), _ALPHA_BLOCK_BYTES // max(base.numel() * base.element_size(), 1)))
-        buf = base.new_empty((step,) + tuple(base.shape))  # [step, B, C]
+        kernel = torch.empty_like(shifted)  # [NK, B]
         for bi, beta in enumerate(betas):
-            affinity_kernel(affinity_t, float(beta), out=kernel)
-            for gi in range(n_weights):
-                row = None if weights is None else weights[gi]
-                scores = class_sum(kernel, labels, num_classes, values=row, entry_dim=0).T  # [B, C]
-                for a0 in range(0, len(alphas), step):
-                    a1 = min(a0 + step, len(alphas))
-                    logits = buf[: a1 - a0]  # [n, B, C]
-                    # base + scores * α, in the reference's order of operations.
-                    torch.mul(scores[None], alpha_t[a0:a1, None, None], out=logits)
-                    logits.add_(base)
-                    hits = (logits.argmax(dim=2) == target).sum(dim=1)  # [n]
-                    counts[bi, a0:a1, gi] += hits.cpu()
+            torch.mul(shifted, float(beta), out=kernel)
+            kernel.exp_()
+            if weights is None:
+                rows = [class_sum(kernel, labels, num_classes, entry_dim=0)]  # [C, B]
+            elif block is not None:  # every weight row at once, a batched product per class: G × [C, B]
+                rows = list(torch.einsum("ckb,gck->gcb", kernel.view(num_classes, block, -1), weights_gck))
+            else:
+                rows = [class_sum(kernel, labels, num_classes, values=w, entry_dim=0) for w in weights]
+            for gi, scores in enumerate(rows):
+                counts[bi, :, gi] += alpha_counts(scores, base_t, target, alpha_t, base_norm).cpu()
 
     flat = counts.reshape(-1)
     best = int((flat == flat.max()).nonzero()[0].item())  # first maximum in (β, α, row) order

@@ -18,6 +18,7 @@ from fdalign_plugins.adapter_api import (
     normalise,
     search_cache_grid,
 )
+from fdalign_plugins.search import alpha_counts
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest.one_thread)
@@ -121,6 +122,52 @@ def test_all_zero_accuracy_returns_first_point():
     result = search_cache_grid(val, keys, labels, base, wrong, [0.1, 0.2], [0.3, 0.4])
     assert result.correct == 0
     assert (result.beta, result.alpha) == (0.1, 0.3)
+
+
+def _dense_alpha_counts(scores, base, target, alphas):
+    """The search's α stage written out: every α, every class, torch.argmax (first index on ties)."""
+    return torch.stack([(torch.argmax(scores * a + base, dim=0) == target).sum() for a in alphas])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_alpha_counts_equal_the_dense_evaluation_count_for_count(dtype, seed):
+    """The rival filter is exact: ties (quantised values), many rivals, negative scores, a bad label."""
+    g = torch.Generator().manual_seed(seed)
+    classes, num = 40, 300
+    target = torch.randint(0, classes, (num,), generator=g)
+    # Quantised to 1/8: many logits tie exactly, so the first-index rule matters.
+    scores = (torch.randint(-8, 40, (classes, num), generator=g) / 8.0).to(dtype)
+    base = (torch.randint(0, 64, (classes, num), generator=g) / 8.0).to(dtype)
+    base[target, torch.arange(num)] += 2.0  # the true class often wins, not always
+    base[:, :30] = 1.0  # 30 features where every class ties on the base: every class is a rival
+    scores[:, 30:40] = 0.5  # ... and 10 where every class ties on the cache score
+    target[7] = classes + 3  # a label no prediction can match
+    for alphas in (grid_values(3.0, 20), grid_values(7.0, 20), [0.5], [2.0, 0.25, 1.0]):
+        a = torch.tensor(alphas, dtype=dtype)
+        expected = _dense_alpha_counts(scores, base, target, a)
+        assert torch.equal(alpha_counts(scores, base, target, a), expected)
+        assert len(set(expected.tolist())) > 1 or len(alphas) == 1
+    # Continuous values: ties only by accident, rivals few.
+    scores = torch.rand(classes, num, generator=g, dtype=dtype) * 5
+    base = torch.randn(classes, num, generator=g, dtype=dtype) * 3
+    a = torch.tensor(grid_values(3.0, 20), dtype=dtype)
+    assert torch.equal(alpha_counts(scores, base, target, a), _dense_alpha_counts(scores, base, target, a))
+
+
+def test_search_with_value_rows_on_an_unequal_cache_matches_naive_loop():
+    """Cache entries not class-major (no block layout): the per-row class_sum path."""
+    val, keys, labels, classifier, val_labels = _problem(7, num_val=30)
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(3))[:-3]  # shuffled, 3 dropped
+    keys, labels = keys[perm], labels[perm]
+    base = 100.0 * val @ classifier
+    rows = torch.exp(torch.rand(len(labels), generator=torch.Generator().manual_seed(4), dtype=torch.float64)[None]
+                     * torch.tensor(grid_values(1.0, 3, 0.0), dtype=torch.float64)[:, None])
+    betas, alphas = grid_values(7.0, 30), grid_values(7.0, 10)
+    result = search_cache_grid(val, keys, labels, base, val_labels, betas, alphas, value_weights=rows)
+    point, best, grid = _naive_search(val, keys, labels, base, val_labels, betas, alphas, rows)
+    assert torch.equal(result.correct_grid, grid)
+    assert (result.beta, result.alpha, result.weight_index) == point
 
 
 def test_grid_values_are_the_reference_lists():
