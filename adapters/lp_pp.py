@@ -125,17 +125,20 @@ class LPPlusPlusAdapter(Adapter):
         self.step_sizes = {"lr_w": float(init["lr_w"]), "lr_alpha": float(init["lr_alpha"])}
         val = task.val_features.to(dtype)  # [Nv, D]
         val_labels = task.val_labels.to(val.device)
+        # f T never changes: one product each for the support and validation features instead of one per
+        # epoch (the terms of lp_pp_logits in its order, so every epoch's logits are the same numbers).
+        feats_text, val_text = feats @ self._text, val @ self._text  # [N, C], [Nv, C]
 
         def val_correct() -> int:
             with torch.no_grad():
-                return count_correct(lp_pp_logits(val, weight, bias, alpha, self._text), val_labels)
+                return count_correct(val @ weight.T + bias + alpha * val_text, val_labels)
 
         optimizer = torch.optim.SGD([weight, bias], lr=self.step_sizes["lr_w"], momentum=float(hp["momentum"]))
         best_correct = val_correct()
         best_epoch, best_state = 0, [p.detach().clone() for p in (weight, bias, alpha)]
         history: List[EpochRecord] = [EpochRecord(0, None, best_correct)]
         for epoch in range(1, epochs + 1):
-            loss = F.cross_entropy(lp_pp_logits(feats, weight, bias, alpha, self._text), labels)
+            loss = F.cross_entropy(feats @ weight.T + bias + alpha * feats_text, labels)  # lp_pp_logits
             if not torch.isfinite(loss):
                 raise FDAlignError(f"lp++: training diverged (loss {loss.item()}) at epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
