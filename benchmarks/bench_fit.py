@@ -160,7 +160,7 @@ def main(argv: List[str] | None = None) -> int:
             continue
         rows.append(dict(json.loads(lines[-1]), load=load))
         r = rows[-1]
-        print(f"  {name}: fit {r['fit']:.1f} s, predict {r['predict']:.1f} s", flush=True)
+        print(f"  {name}: fit {r['fit']:.1f} s, predict {r['predict']:.1f} s, CPU {r['cpu']:.1f} s", flush=True)
 
     head = ["adapter", "fit s", "predict s", "wall s", f"wall <= {args.limit:.0f} s", "CPU s",
             f"CPU/{args.threads} s", "load", "val %", "test %"]
