@@ -138,6 +138,7 @@ class LPPlusPlusAdapter(Adapter):
         best_epoch, best_state = 0, [p.detach().clone() for p in (weight, bias, alpha)]
         history: List[EpochRecord] = [EpochRecord(0, None, best_correct)]
         for epoch in range(1, epochs + 1):
+            alpha.requires_grad_(epoch % every == 0)  # α's gradient ([N, C] work) only in the epochs that step it
             loss = F.cross_entropy(feats @ weight.T + bias + alpha * feats_text, labels)  # lp_pp_logits
             if not torch.isfinite(loss):
                 raise FDAlignError(f"lp++: training diverged (loss {loss.item()}) at epoch {epoch}")
