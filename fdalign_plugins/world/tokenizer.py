@@ -1,7 +1,7 @@
 """The world model's tokenizer: CLIP's BPE, restricted to the world's vocabulary.
 
 The world's texts (class names, CLIP's 80 ImageNet templates, the world's own template
-and the pretraining captions) use a few dozen of the 49 408 BPE tokens. A full-size
+and the pretraining captions) use 98 of the 49 408 BPE tokens. A full-size
 embedding table would be most of the shipped file (4.7 of 7.6 MB in world v2's first
 model) and leave no room for the image tower, so ``fdalign-world-tiny`` keeps one row
 per token the world uses:
@@ -13,6 +13,10 @@ per token the world uses:
   and end tokens, so that the end token has the largest id (open_clip pools the text at
   the argmax token, as CLIP does).
 
+Text with words the world never uses (a folder dataset's own class names, say) still
+tokenizes, but those words all become the one unknown token, so their prompts cannot be
+told apart: the tokenizer warns, naming the texts, instead of failing silently.
+
 The vocabulary is a pure function of the world's texts (:func:`world_bpe_ids`); the
 weights' sidecar JSON records it, and ``tests/test_world.py`` checks that the two agree
 and that the model's ``vocab_size`` fits.
@@ -21,6 +25,7 @@ and that the model's ``vocab_size`` fits.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import List, Sequence, Tuple, Union
 
 import torch
@@ -60,11 +65,6 @@ def world_bpe_ids() -> Tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def vocab_size() -> int:
-    """Rows of the compact embedding table: padding, unknown, world tokens, start, end."""
-    return len(world_bpe_ids()) + 4
-
-
 class WorldTokenizer:
     """``list[str] -> LongTensor [B, context_length]`` over the compact world vocabulary.
 
@@ -93,7 +93,18 @@ class WorldTokenizer:
             texts = [texts]
         n = context_length or self.context_length
         out = torch.full((len(texts), n), PAD_ID, dtype=torch.long)
+        unknown = []
         for i, text in enumerate(texts):
-            tokens = [self.sot_token_id] + self.encode(text)[: n - 2] + [self.eot_token_id]
+            rows = self.encode(text)
+            if UNK_ID in rows:
+                unknown.append(text)
+            tokens = [self.sot_token_id] + rows[: n - 2] + [self.eot_token_id]
             out[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        if unknown:
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            shown = ", ".join(repr(t) for t in unknown[:3]) + more
+            warnings.warn(f"the world model's tokenizer knows only the world's words; {shown} contain(s) other words, "
+                          f"which all become one unknown token (prompts that differ only there look the same): "
+                          f"use a real CLIP for your own classes (--model ViT-B-32 --pretrained <weights>)",
+                          UserWarning, stacklevel=2)
         return out
