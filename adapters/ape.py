@@ -192,6 +192,8 @@ class APEAdapter(Adapter):
     """APE: refined channels and trust-weighted cache values; β, α, γ searched on validation."""
 
     name = "ape"
+    label = "APE"
+    order = 30
     summary = ("APE: training-free; refined feature channels and trust-weighted cache; beta, alpha, gamma searched "
                "on validation")
     trains = False

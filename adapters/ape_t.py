@@ -164,6 +164,8 @@ class APETAdapter(Adapter):
     """APE-T: trained category residual on refined channels plus per-entry value weights."""
 
     name = "ape-t"
+    label = "APE-T"
+    order = 40
     summary = ("APE-T: trains a category residual on APE's refined channels and cache value weights; best epoch and "
                "alpha, beta on validation")
     trains = True

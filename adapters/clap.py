@@ -103,6 +103,8 @@ class CLAPAdapter(Adapter):
     """CLAP: zero-shot-initialised linear probe with a class-adaptive pull to the text weights."""
 
     name = "clap"
+    label = "CLAP"
+    order = 70
     summary = "CLAP: class-adaptive constrained linear probe from the text weights; fixed settings, no validation"
     trains = True
     defaults = CLAP_DEFAULTS

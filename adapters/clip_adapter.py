@@ -101,6 +101,8 @@ class CLIPAdapter(Adapter):
     """CLIP-Adapter: residual bottleneck MLP on the image feature; ratio chosen on validation."""
 
     name = "clip-adapter"
+    label = "CLIP-Adapter"
+    order = 80
     summary = "CLIP-Adapter: residual bottleneck MLP on the image feature; best epoch and ratio on validation"
     trains = True
     defaults = CLIP_ADAPTER_DEFAULTS

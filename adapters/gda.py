@@ -113,6 +113,8 @@ class GDAAdapter(Adapter):
     """GDA: Gaussian discriminant analysis on the support views, blended with zero-shot."""
 
     name = "gda"
+    label = "GDA"
+    order = 50
     summary = "GDA: training-free Gaussian discriminant analysis (shared shrinkage covariance); alpha on validation"
     trains = False
     defaults = GDA_DEFAULTS

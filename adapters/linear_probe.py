@@ -159,6 +159,8 @@ class LinearProbeAdapter(Adapter):
     """The CLIP/CoOp linear probe: logistic regression on the support features."""
 
     name = "linear-probe"
+    label = "Linear probe"
+    order = 90
     summary = "Linear probe (CLIP/CoOp): L2 logistic regression on the support features; C searched on validation"
     trains = True
     defaults = LINEAR_PROBE_DEFAULTS

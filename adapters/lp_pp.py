@@ -97,6 +97,8 @@ class LPPlusPlusAdapter(Adapter):
     """LP++: linear probe plus class-wise blended text weights, data-driven step sizes."""
 
     name = "lp++"
+    label = "LP++"
+    order = 60
     summary = "LP++: linear probe blended class-wise with the text weights; data-driven steps, best epoch on validation"
     trains = True
     defaults = LP_PP_DEFAULTS

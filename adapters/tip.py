@@ -116,6 +116,8 @@ class TipAdapter(Adapter):
     """Tip-Adapter: training-free cache model, α and β searched on validation."""
 
     name = "tip"
+    label = "Tip"
+    order = 10
     summary = "Tip-Adapter: training-free cache model of the support features; alpha, beta searched on validation"
     trains = False
     defaults = TIP_DEFAULTS

@@ -40,6 +40,8 @@ class TipFAdapter(TipAdapter):
     """Tip-Adapter-F: Tip-Adapter with the cache keys fine-tuned on the support views."""
 
     name = "tip-f"
+    label = "Tip-F"
+    order = 20
     summary = "Tip-Adapter-F: cache keys fine-tuned on the support views; best epoch and alpha, beta on validation"
     trains = True
     defaults = TIP_F_DEFAULTS

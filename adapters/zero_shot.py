@@ -15,6 +15,9 @@ class ZeroShotAdapter(Adapter):
     """Zero-shot CLIP: the text classifier only; ``fit`` just records it."""
 
     name = "zero-shot"
+    label = "Zero-shot"
+    order = 0
+    reference = True  # the row every table starts with; its rows name the encoder
     summary = "Zero-shot CLIP: 100 f W with the text classifier, no use of the support set"
     trains = False
     defaults: dict = {}

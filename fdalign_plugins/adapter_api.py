@@ -456,6 +456,8 @@ class Adapter(abc.ABC):
             some hyper-parameter settings choose nothing.
         hparam_types: optional :class:`HParam` (type, range) per hyper-parameter;
             undeclared ones are typed by their default.
+        label, reference, order: how tables show it (:class:`AdapterSpec`); read from
+            the class itself, never inherited.
     """
 
     name: ClassVar[str] = ""
@@ -466,6 +468,9 @@ class Adapter(abc.ABC):
     search_space: ClassVar[Mapping[str, Any]] = {}  # GridAxis or GridList per searched name
     selection: ClassVar[Tuple[str, ...]] = ("val", "test")
     hparam_types: ClassVar[Mapping[str, HParam]] = {}
+    label: ClassVar[str] = ""
+    reference: ClassVar[bool] = False
+    order: ClassVar[int] = 1000
 
     def __init__(self, **hparams: Any) -> None:
         """Store explicit hyper-parameters, coerced to their declared types.
@@ -494,6 +499,11 @@ class Adapter(abc.ABC):
             search_space=cls.search_space,
             hparam_types=cls.hparam_types,
             selection=cls.selection,
+            # how tables show it belongs to the class that names it: a subclass with its own
+            # name does not take its parent's label, order or reference role
+            label=cls.__dict__.get("label", ""),
+            reference=cls.__dict__.get("reference", False),
+            order=cls.__dict__.get("order", 1000),
         )
 
     def resolve(self, task: FewShotTask) -> Dict[str, Any]:

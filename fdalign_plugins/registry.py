@@ -8,11 +8,13 @@ public face, :mod:`fdalign_plugins.plugins`, re-exports everything.
 :func:`get_plugin_manager` builds a manager (nothing happens at import time):
 
 1. adds the hook specifications of :mod:`fdalign_plugins.hookspecs`;
-2. registers the core modules in :data:`BUILTIN_PLUGIN_MODULES`;
+2. registers the core modules in :data:`BUILTIN_PLUGIN_MODULES` (none: every built-in
+   comes through an entry point);
 3. loads the entry-point groups ``fdalign.adapters``, ``fdalign.datasets`` and
    ``fdalign.methods`` one entry point at a time, so a plugin that fails to import is recorded in
    ``manager.broken`` as ``(name, distribution, error)`` and the others still load;
-   the built-in adapters come in this way too, from this package's own setup.cfg;
+   the built-in adapters, datasets and methods come in this way too, from this package's
+   own setup.cfg;
 4. calls ``check_pending()`` (a plugin implementing an unknown hook is unregistered and
    reported as broken, not fatal).
 
@@ -37,6 +39,7 @@ import importlib
 import importlib.metadata as metadata
 import os
 import re
+import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import pluggy
@@ -76,9 +79,15 @@ METHOD_GROUP = "fdalign.methods"
 ENTRY_POINT_GROUPS: Tuple[str, ...] = (ADAPTER_GROUP, DATASET_GROUP, METHOD_GROUP)
 NO_EXTERNAL_ENV = "FDALIGN_NO_EXTERNAL_PLUGINS"
 
-#: Core modules registered as plugins by the factory (their distribution is ours). A
-#: module that does not exist (yet) is skipped; one that fails to import is broken.
-BUILTIN_PLUGIN_MODULES: List[str] = ["fdalign_plugins.datasets.builtin"]
+#: Core modules registered as plugins by the factory without an entry point (their
+#: distribution is ours). None today: the built-ins are announced like any third-party
+#: plugin, in setup.cfg. A module that does not exist is skipped; one that fails to
+#: import is broken.
+BUILTIN_PLUGIN_MODULES: List[str] = []
+#: Our own entry points by group, as setup.cfg announces them; an install whose metadata
+#: misses a group (made before that group had an entry point) gets them loaded directly,
+#: with a warning to reinstall (:func:`get_plugin_manager`).
+OWN_ENTRY_POINTS: Dict[str, Dict[str, str]] = {DATASET_GROUP: {"builtin": "fdalign_plugins.datasets.builtin"}}
 
 #: Method-name suffixes (``"+wise"``) -> the composition they stand for (``with_wise``),
 #: declared by the module that owns the composition (:func:`declare_method_suffix`).
@@ -139,6 +148,7 @@ class FDAlignPluginManager(pluggy.PluginManager):
         self._distributions: Dict[str, str] = {}  # plugin name -> distribution name
         self._labels: Dict[str, str] = {}  # plugin name -> name shown in reports (entry-point name)
         self._registry: Optional[_Registry] = None
+        self.own_groups: set = set()  # entry-point groups in which our own distribution announced something
 
     # ---- loading
 
@@ -170,7 +180,7 @@ class FDAlignPluginManager(pluggy.PluginManager):
         self._registry = None
         return True
 
-    def load_builtin_modules(self, modules: List[str]) -> None:
+    def load_builtin_modules(self, modules: List[str], label: Optional[str] = None) -> None:
         """Import and register core modules; a module that does not exist is skipped."""
         for module_name in modules:
             try:
@@ -183,7 +193,7 @@ class FDAlignPluginManager(pluggy.PluginManager):
             except Exception as exc:
                 self.broken.append(BrokenPlugin(module_name, OWN_DISTRIBUTION, _describe(exc)))
                 continue
-            self.add_plugin(module, name=f"builtin:{module_name}", distribution=OWN_DISTRIBUTION)
+            self.add_plugin(module, name=f"builtin:{module_name}", distribution=OWN_DISTRIBUTION, label=label)
 
     def load_entry_points(self, groups: Tuple[str, ...] = ENTRY_POINT_GROUPS) -> None:
         """Load every entry point of ``groups``, one at a time, isolating failures."""
@@ -199,6 +209,8 @@ class FDAlignPluginManager(pluggy.PluginManager):
                 dist = ep.dist.name if ep.dist is not None else "(unknown distribution)"
                 if not self.load_external and _canonical(dist) != OWN_DISTRIBUTION:
                     continue
+                if _canonical(dist) == OWN_DISTRIBUTION:
+                    self.own_groups.add(group)
                 try:
                     plugin = ep.load()
                 except BaseException as exc:  # a plugin's import may raise anything, even SystemExit
@@ -415,6 +427,13 @@ def get_plugin_manager(load_external: Optional[bool] = None) -> FDAlignPluginMan
     pm = FDAlignPluginManager(load_external=load_external)
     pm.load_builtin_modules(BUILTIN_PLUGIN_MODULES)
     pm.load_entry_points(ENTRY_POINT_GROUPS)
+    for group, eps in OWN_ENTRY_POINTS.items():
+        if group not in pm.own_groups:  # metadata of an install from before this group had our entry points
+            print(f"fdalign-plugins: warning: the installed package metadata has no {group} entry points (it "
+                  "predates them); loading the built-ins directly. Reinstall (pip install -e .) to refresh it",
+                  file=sys.stderr)
+            for name, module in eps.items():
+                pm.load_builtin_modules([module], label=name)
     pm.check_pending_isolated()
     return pm
 

@@ -24,7 +24,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,14 +32,12 @@ from . import predictions as preds_io
 from .errors import FDAlignError
 from .stats import Interval, paired_interval
 
-ADAPTER_LABELS = {"zero-shot": "Zero-shot", "tip": "Tip", "tip-f": "Tip-F", "ape": "APE", "ape-t": "APE-T",
-                  "gda": "GDA", "lp++": "LP++", "clap": "CLAP", "clip-adapter": "CLIP-Adapter",
-                  "linear-probe": "Linear probe", "protonet": "Cosine prototypes"}
 #: What each selection policy of a record means, for table headers.
 SELECTION_MEANING = {"val": "few-shot validation split", "fixed": "nothing chosen",
                      "test": "TEST set (--protocol reference)", "unrecorded": "not recorded (older record)"}
 ENCODER_SUFFIX = {"clip": "", "fdalign": " + FD-Align", "finetune": " + FT"}
-ZERO_SHOT_ROWS = {"clip": "CLIP (zero-shot)", "fdalign": "FD-Align", "finetune": "Full fine-tuning"}
+#: The reference adapter's rows (zero-shot CLIP: :attr:`AdapterSpec.reference`) name the encoder.
+REFERENCE_ROWS = {"clip": "CLIP (zero-shot)", "fdalign": "FD-Align", "finetune": "Full fine-tuning"}
 ENCODER_ORDER = ["clip", "fdalign", "finetune"]
 #: Cell marks of the fine-tuning verdicts (``finetune_verdict`` in the records), with their legend.
 MARKS = {"rejected": "†", "collapsed": "‡"}
@@ -48,11 +46,35 @@ LEGEND = ("† validation rejected fine-tuning (no epoch beat the stock encoder,
           "a number after the mark counts the seeds concerned")
 
 
-def row_label(adapter: str, encoder: str) -> str:
-    """``Tip-F + FD-Align``; the zero-shot rows name the encoder (a method's name for other methods)."""
-    if adapter == "zero-shot":
-        return ZERO_SHOT_ROWS.get(encoder, encoder)
-    return ADAPTER_LABELS.get(adapter, adapter) + ENCODER_SUFFIX.get(encoder, f" + {encoder}")
+class Shown(NamedTuple):
+    """How tables show an adapter's records (from its :class:`~fdalign_plugins.specs.AdapterSpec`)."""
+
+    label: str
+    reference: bool
+    order: int
+
+
+def adapters_shown() -> Dict[str, Shown]:
+    """Label, reference role and table order of every registered adapter, and of the
+    episodic protocol's evaluator; an adapter no longer installed shows its name, last."""
+    from .bench.episodic import EVALUATOR, EVALUATOR_LABEL
+    from .plugins import list_adapters
+
+    shown = {s.name: Shown(s.label, s.reference, s.order) for s in list_adapters()}
+    shown.setdefault(EVALUATOR, Shown(EVALUATOR_LABEL, False, 1000))
+    return shown
+
+
+def _shown(adapter: str, shown: Optional[Dict[str, Shown]] = None) -> Shown:
+    return (shown if shown is not None else adapters_shown()).get(adapter, Shown(adapter, False, 1000))
+
+
+def row_label(adapter: str, encoder: str, shown: Optional[Dict[str, Shown]] = None) -> str:
+    """``Tip-F + FD-Align``; the reference adapter's rows name the encoder (a method's name for other methods)."""
+    s = _shown(adapter, shown)
+    if s.reference:
+        return REFERENCE_ROWS.get(encoder, encoder)
+    return s.label + ENCODER_SUFFIX.get(encoder, f" + {encoder}")
 
 
 def _stats(values: List[float]) -> Tuple[float, float, int]:
@@ -160,13 +182,13 @@ def summarise(records: Iterable[Dict[str, Any]], where: Optional[Sequence[Option
             p = pr.get(ev) if pr is not None else None
             acc = preds_io.accuracy(p) if p is not None else v
             groups[(ds, ev, r["adapter"], r["encoder"], int(r["shots"]))][int(r["seed"])] = (acc, p, r)
+    shown = adapters_shown()
     tables: Dict[Tuple[str, str], Dict[str, Any]] = {}
     for ds in {d for d, *_ in failed}:
         if not evals[ds]:
             evals[ds].append("test")  # every record of the dataset failed: still one table that says so
     for ds, ev_list in evals.items():
-        ad_order = sorted(adapters[ds], key=lambda a: (a != "zero-shot", list(ADAPTER_LABELS).index(a)
-                                                       if a in ADAPTER_LABELS else 99, a))
+        ad_order = sorted(adapters[ds], key=lambda a: (not _shown(a, shown).reference, _shown(a, shown).order, a))
         for ev in sorted(ev_list, key=lambda e: e != "test"):
             cells: Dict[Tuple[str, str, int], Tuple[float, float, int]] = {}
             ece: Dict[Tuple[str, str, int], Tuple[float, float, int]] = {}
@@ -189,7 +211,7 @@ def summarise(records: Iterable[Dict[str, Any]], where: Optional[Sequence[Option
             for a, enc, k in fails:
                 shots.add(k)
                 present.add((a, enc))
-            rows = [(row_label(a, enc), a, enc) for a in ad_order for enc in encoders if (a, enc) in present]
+            rows = [(row_label(a, enc, shown), a, enc) for a in ad_order for enc in encoders if (a, enc) in present]
             marks = {(a, enc, k): dict(f) for (d, a, enc, k), f in flags.items() if d == ds}
             deltas: Dict[Tuple[str, str, int], DeltaCell] = {}
             t_notes: List[str] = []
@@ -197,7 +219,8 @@ def summarise(records: Iterable[Dict[str, Any]], where: Optional[Sequence[Option
                 base = groups.get((ds, ev, a, "clip", k))
                 if enc == "clip" or not base:
                     continue
-                cell = _delta(base, groups[(ds, ev, a, enc, k)], ev, f"{row_label(a, enc)} {k}-shot ({ev})", t_notes)
+                cell = _delta(base, groups[(ds, ev, a, enc, k)], ev, f"{row_label(a, enc, shown)} {k}-shot ({ev})",
+                              t_notes)
                 if cell is not None:
                     deltas[(a, enc, k)] = cell
             tables[(ds, ev)] = {"shots": sorted(shots), "rows": rows, "cells": cells, "failed": fails, "marks": marks,
@@ -303,7 +326,7 @@ def _eval_title(ds: str, ev: str) -> str:
 def selection_line(t: Dict[str, Any]) -> str:
     """The table's header line saying how each adapter's hyper-parameters were chosen,
     e.g. ``selection: Zero-shot fixed · Tip val · CLAP fixed``; a TEST policy is flagged."""
-    parts = [f"{ADAPTER_LABELS.get(a, a)} {'/'.join(p).replace('test', 'TEST')}"
+    parts = [f"{_shown(a).label} {'/'.join(p).replace('test', 'TEST')}"
              for a, p in t.get("selection", {}).items()]
     flag = "  !! chosen on the TEST set" if any("test" in p for p in t.get("selection", {}).values()) else ""
     return ("selection: " + " · ".join(parts) + flag) if parts else ""

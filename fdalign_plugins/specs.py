@@ -167,6 +167,10 @@ class AdapterSpec:
             the plugin manager (leave empty when registering).
         hparam_types: :class:`HParam` declarations (type, range) by hyper-parameter
             name; a name without one is typed by its default's type.
+        label: the name tables show (``"Tip-F"``); default: ``name``.
+        reference: the reference adapter (zero-shot CLIP): every bench run includes it,
+            tables put its rows first and name them after the encoder.
+        order: where its rows sit in a table (lower first; then by name).
     """
 
     name: str
@@ -179,8 +183,12 @@ class AdapterSpec:
     selection: Tuple[str, ...] = ("val", "test")
     distribution: str = ""
     hparam_types: Mapping[str, HParam] = field(default_factory=dict)
+    label: str = ""
+    reference: bool = False
+    order: int = 1000
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "label", self.label or self.name)
         bad = [p for p in self.selection if p not in SELECTION_POLICIES]
         if bad or not self.selection:
             raise ConfigError(f"adapter '{self.name}': selection must be a non-empty subset of "

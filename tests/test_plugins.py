@@ -21,6 +21,7 @@ from fdalign_plugins import plugins
 from fdalign_plugins.adapter_api import FewShotTask, normalise
 from fdalign_plugins.errors import FDAlignError, PluginError
 from fdalign_plugins.plugins import get_plugin_manager
+from fdalign_plugins import registry as plugins_registry
 
 BUILTIN_ADAPTERS = ["ape", "ape-t", "clap", "clip-adapter", "gda", "linear-probe", "lp++", "tip", "tip-f", "zero-shot"]
 REPO = Path(__file__).resolve().parents[1]
@@ -368,3 +369,56 @@ def test_plugins_md_example_is_complete_and_runs_in_the_bench(tmp_path, monkeypa
     finally:
         sys.modules.pop("fdalign_proto", None)
         plugins.reset_plugin_manager()
+
+
+# ----------------------------------------------------------------------- what the core does not name
+
+LABELLED_ADAPTER = GOOD_ADAPTER.replace('    name = "halves"\n', '    name = "halves"\n    label = "Halves!"\n    order = 15\n') \
+    .replace("    register(Halves.spec())", "    register(Halves.spec())\n    register(HalvesTwice.spec())") + '''
+
+class HalvesTwice(Halves):  # a subclass with its own name takes none of its parent's table traits
+    name = "halves2"
+'''
+
+
+def test_builtin_datasets_come_from_our_entry_point():
+    pm = get_plugin_manager(load_external=False)
+    assert plugins.BUILTIN_PLUGIN_MODULES == [] and plugins.DATASET_GROUP in pm.own_groups
+    assert all(s.distribution == plugins.OWN_DISTRIBUTION for s in pm.list_datasets())
+    names = [name for name, _ in pm.list_name_plugin()]
+    assert f"{plugins.DATASET_GROUP}:builtin@fdalign-plugins" in names and not any(n.startswith("builtin:") for n in names)
+
+
+def test_metadata_without_the_dataset_entry_point_still_finds_the_builtins_and_says_so(monkeypatch, capsys):
+    real = plugins_registry.metadata.entry_points
+
+    def without_ours(group):
+        eps = real(group=group)
+        return [ep for ep in eps if group != plugins.DATASET_GROUP or ep.dist is None
+                or ep.dist.name.lower() != plugins.OWN_DISTRIBUTION]
+
+    monkeypatch.setattr(plugins_registry.metadata, "entry_points", without_ours)
+    pm = get_plugin_manager(load_external=False)
+    assert "world" in [s.name for s in pm.list_datasets()]
+    err = capsys.readouterr().err
+    assert err == ("fdalign-plugins: warning: the installed package metadata has no fdalign.datasets entry points "
+                   "(it predates them); loading the built-ins directly. Reinstall (pip install -e .) to refresh it\n")
+
+
+def test_labels_order_and_the_reference_row_come_from_the_specs(site):
+    from fdalign_plugins.bench.context import resolve_adapters
+    from fdalign_plugins.report import render_text, summarise
+
+    site.add("fdalign-halves", {"fdalign.adapters": {"halves": "tp_labelled"}}, {"tp_labelled": LABELLED_ADAPTER})
+    plugins.reset_plugin_manager()
+    specs = {s.name: s for s in plugins.list_adapters()}
+    assert (specs["halves"].label, specs["halves"].order, specs["halves"].reference) == ("Halves!", 15, False)
+    assert (specs["halves2"].label, specs["halves2"].order) == ("halves2", 1000)  # not inherited
+    assert [n for n, s in specs.items() if s.reference] == ["zero-shot"]
+    assert resolve_adapters(["halves", "tip"]) == ["zero-shot", "halves", "tip"]  # the reference comes first
+    recs = [{"dataset": "d", "adapter": a, "encoder": "clip", "shots": 1, "seed": 1, "acc": {"test": acc},
+             "selection": "fixed"} for a, acc in (("tip-f", 61.0), ("halves2", 62.0), ("halves", 63.0),
+                                                  ("zero-shot", 60.0), ("tip", 64.0))]
+    rows = [ln.split("  ")[0] for ln in render_text(summarise(recs)).splitlines()
+            if ln[:1].isalpha() and not ln.startswith("top-1") and ln.split()[-1][0].isdigit()]
+    assert rows == ["CLIP (zero-shot)", "Tip", "Halves!", "Tip-F", "halves2"]

@@ -181,7 +181,8 @@ def resolve_adapters(names: List[str], protocol: str = "standard",
                 "(they never select on the test set)")
             names = [n for n in names if n not in left_out]
     out = []
-    for n in ["zero-shot"] + list(names):
+    reference = [s.name for s in list_adapters() if s.reference]  # zero-shot CLIP: every run's first rows
+    for n in reference + list(names):
         check_selection(get_adapter_spec(n), protocol)
         if n not in out:
             out.append(n)

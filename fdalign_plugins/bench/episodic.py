@@ -43,6 +43,10 @@ from ..trainer import TextPrototypes, encode_images, epoch_seed, resolve_device,
 from .context import RunContext, RunSummary
 
 STATE_NAME = "episodic_state.pt"
+#: The records' ``adapter`` of this protocol's evaluator (no plugin: cosine prototypes of
+#: the support features), and the name tables show.
+EVALUATOR = "protonet"
+EVALUATOR_LABEL = "Cosine prototypes"
 
 
 def prototype_logits(support: torch.Tensor, n_way: int, k_shot: int, query: torch.Tensor, tau: float) -> torch.Tensor:
@@ -256,7 +260,7 @@ def run_episodic(ctx: RunContext) -> RunSummary:
     encoders = [e for e in cfg.encoders if e in (ENCODER_CLIP, ENCODER_FDALIGN)]
     for seed in cfg.seeds:
         for enc in encoders:
-            todo = [k for k in cfg.shots if (ds.name, "protonet", enc, k, seed) not in results]
+            todo = [k for k in cfg.shots if (ds.name, EVALUATOR, enc, k, seed) not in results]
             ctx.summary.skipped += len(cfg.shots) - len(todo)
             if not todo:
                 continue
@@ -276,7 +280,7 @@ def run_episodic(ctx: RunContext) -> RunSummary:
                 for n, p in pools.items():
                     acc[n], ci[n], _ = evaluate_episodes(feats[n], p.labels, ecfg.n_way, k, ecfg.query, ecfg.episodes,
                                                          ecfg.repeats, seed, short=ecfg.short)
-                rec = {**ctx.record_fields(ds.name, "protonet", enc, k, seed, fp),
+                rec = {**ctx.record_fields(ds.name, EVALUATOR, enc, k, seed, fp),
                        "acc": acc, "ci95": ci, "hparams": {"n_way": ecfg.n_way, "query": ecfg.query,
                                                           "episodes": ecfg.episodes, "repeats": ecfg.repeats},
                        "selection": "fixed",  # cosine prototypes choose nothing
