@@ -57,6 +57,8 @@ from .specs import (  # the specs live below the layers that look them up; plugi
     DatasetSpec,
     HParam,
     check_hparams,
+    check_selection,
+    protocol_policy,
     resolve_hparams,
 )
 
@@ -246,30 +248,6 @@ def scale_channel_count(q: int, dim: int, ref_dim: int = 1024) -> int:
     table are for RN50's 1024 channels).
     """
     return int(min(max(int(round(q * dim / ref_dim)), 1), dim))
-
-
-def protocol_policy(protocol: str) -> str:
-    """The policy a selecting adapter follows under ``protocol``: ``test`` under
-    ``reference`` (the runner hands it the test set as its validation set), else ``val``."""
-    return "test" if protocol == "reference" else "val"
-
-
-def check_selection(spec: AdapterSpec, protocol: str) -> None:
-    """Refuse running adapter ``spec`` under ``protocol`` if it does not support the policy.
-
-    An adapter that only ever uses fixed settings runs under any protocol.
-
-    Raises:
-        ConfigError: e.g. ``linear-probe`` (``("val",)``) under ``--protocol reference``.
-    """
-    selecting = [p for p in spec.selection if p != "fixed"]
-    policy = protocol_policy(protocol)
-    if selecting and policy not in spec.selection:
-        raise ConfigError(
-            f"adapter '{spec.name}' supports hyper-parameter selection {'/'.join(spec.selection)} only, but "
-            f"--protocol {protocol} selects on the {'TEST' if policy == 'test' else 'validation'} set; "
-            f"run it under --protocol {'standard' if policy == 'test' else 'reference'} or leave it out of --adapter"
-        )
 
 
 def selection_used(adapter: "Adapter", protocol: str) -> str:

@@ -19,9 +19,10 @@ from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Set, 
 
 import yaml
 
-from .errors import ConfigError
-from .registry import get_method_spec
-from .specs import resolve_method
+from .errors import ConfigError, DataError, PluginError
+from .registry import get_adapter_spec, get_dataset_spec, get_method_spec, list_adapters
+from .results import ENCODER_CLIP, ENCODER_FDALIGN, ENCODERS
+from .specs import check_selection, resolve_method
 
 C = TypeVar("C")
 
@@ -153,6 +154,201 @@ class EpisodicConfig:
         if self.short not in ("error", "skip"):
             raise ConfigError(f"episodic.short must be error or skip, got {self.short!r}")
         return self
+
+
+# --------------------------------------------------------------------------- the bench config
+
+#: ``standard``: everything selected on a held-out few-shot validation split.
+#: ``reference``: the released code's choices (KL direction, linear head, and model and
+#: hyper-parameter selection on the TEST set); every output made with it says so.
+PROTOCOLS = ("standard", "reference")
+#: What a run does: ``adapters`` (CoOp-style few-shot adapters, :mod:`.standard`) or
+#: ``episodic`` (N-way K-shot, :mod:`.episodic`). ``protocol`` is the selection rule of either.
+MODES = ("adapters", "episodic")
+REFERENCE_WARNING = ("REFERENCE PROTOCOL (mimics the released code): epochs and hyper-parameters were selected on "
+                     "the TEST set; these numbers are not held-out estimates.")
+
+#: The default fine-tuning method; its encoder keeps the label ``fdalign`` in records and tables.
+DEFAULT_METHOD = "fd-align"
+
+
+@dataclass
+class BenchConfig:
+    """Everything that decides a benchmark run (flags > YAML > these defaults)."""
+
+    adapters: List[str] = field(default_factory=lambda: ["tip-f"])
+    shots: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+    dataset: str = "world"
+    data_root: Optional[str] = None
+    ood: Optional[List[str]] = None
+    model: str = DEFAULT_MODEL
+    pretrained: Optional[str] = None
+    encoder: Optional[str] = None
+    encoders: List[str] = field(default_factory=lambda: [ENCODER_CLIP, ENCODER_FDALIGN])
+    baselines: bool = False
+    methods: List[str] = field(default_factory=lambda: [DEFAULT_METHOD])
+    method_params: Dict[str, Any] = field(default_factory=dict)
+    views: int = 10
+    view_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    finetune: Dict[str, Any] = field(default_factory=dict)
+    adapter_params: Dict[str, Any] = field(default_factory=dict)
+    dataset_options: Dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    workers: int = 0
+    threads: Optional[int] = None
+    batch_size: int = 256
+    cache_dir: Optional[str] = None
+    skip_corrupt: bool = False
+    protocol: str = "standard"
+    mode: str = "adapters"
+    episodic: Dict[str, Any] = field(default_factory=dict)
+
+    #: The nested sections: merged key by key across layers (:func:`build_config`), each
+    #: with its own config class (for its deprecated names), or ``None`` for a plain mapping.
+    SECTIONS: ClassVar[Mapping[str, Optional[type]]] = MappingProxyType(
+        {"finetune": FinetuneConfig, "episodic": EpisodicConfig, "dataset_options": None})
+
+    def validate(self) -> "BenchConfig":
+        if not self.adapters:
+            raise ConfigError("adapters: give at least one adapter name (or all)")
+        if not self.shots or any(s <= 0 for s in self.shots):
+            raise ConfigError(f"shots must be positive integers, got {self.shots}")
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds must be integers >= 0, got {self.seeds}")
+        if self.views <= 0:
+            raise ConfigError(f"views must be a positive integer, got {self.views}")
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be a positive integer (or unset: chosen from the free cores), "
+                              f"got {self.threads}")
+        bad = [e for e in self.encoders if e not in ENCODERS]
+        if bad or not self.encoders:
+            raise ConfigError(f"encoders must be a non-empty list of {', '.join(ENCODERS)}; got {self.encoders}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be adapters (CoOp-style few-shot) or episodic (N-way K-shot); "
+                              f"got {self.mode!r}")
+        if self.mode == "episodic":
+            build_config(EpisodicConfig, self.episodic, source="episodic")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {self.protocol!r}")
+        if len(self.view_scale) != 2 or not (0 < self.view_scale[0] <= self.view_scale[1] <= 1):
+            raise ConfigError(f"view_scale must be two numbers 0 < lo <= hi <= 1, got {self.view_scale}")
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods must be a non-empty list of distinct method names, got {self.methods}")
+        if (not isinstance(self.method_params, dict)
+                or any(not isinstance(v, dict) for v in self.method_params.values())):
+            raise ConfigError("method_params must map method names to mappings of hyper-parameters")
+        stray = sorted(set(self.method_params) - set(self.methods))
+        if stray:
+            raise ConfigError(f"method_params names method(s) not in methods: {', '.join(stray)}; methods: "
+                              f"{', '.join(self.methods)}")
+        if "method" in (self.finetune or {}) or "method_params" in (self.finetune or {}):
+            raise ConfigError("choose fine-tuning methods with methods: / --methods and their hyper-parameters with "
+                              "method_params: {method: {...}}, not inside the finetune section")
+        if self.encoder and self.methods != [DEFAULT_METHOD]:
+            raise ConfigError("--encoder replaces fd-align's fine-tuning; it cannot stand for other methods "
+                              f"({', '.join(self.methods)}); drop --encoder or use --methods fd-align")
+        if self.mode == "episodic" and self.methods != [DEFAULT_METHOD]:
+            raise ConfigError("the episodic mode fine-tunes with fd-align only; drop --methods")
+        # names, hyper-parameters (every method's too) and the fine-tuning section are checked (and
+        # typed, so a flag and the same YAML value are one config) now, before any model is loaded
+        resolve_adapters(self.adapters, self.protocol, log=lambda line: None)  # run() says what "all" leaves out
+        self.adapter_params = check_adapter_params(self.adapter_params)
+        check_dataset_source(self.dataset, self.data_root)
+        self.finetune = coerce_layer(FinetuneConfig, self.finetune, source="finetune")
+        for m in self.methods:
+            self.finetune_config(shots=self.shots[0], seed=self.seeds[0], method=m)
+        return self
+
+    def finetune_config(self, shots: int, seed: int, spurious_weight: Optional[float] = None,
+                        method: str = DEFAULT_METHOD) -> FinetuneConfig:
+        """The resolved fine-tuning config of one work item for ``method``."""
+        base = {"model": self.model, "pretrained": self.pretrained, "dataset": self.dataset,
+                "data_root": self.data_root, "device": self.device, "workers": self.workers}
+        item = {"shots": shots, "seed": seed}
+        if self.protocol == "reference":
+            # the released code: KL(P_0 || P_ft) and a trainable linear head from tau * mu_class
+            item.update(kl_direction="reference", head="linear")
+        if spurious_weight is not None:  # 0 for the plain fine-tuning baseline
+            item["spurious_weight"] = spurious_weight
+        item.update(method=method, method_params=self.method_params.get(method, {}))
+        return build_config(FinetuneConfig, base, self.finetune, item, source="finetune")
+
+
+def resolve_adapters(names: List[str], protocol: str = "standard",
+                     log: Callable[[str], None] = print) -> List[str]:
+    """Expand ``all`` and check names against the registry (unknown -> the valid list)
+    and against ``protocol``: an adapter named explicitly that does not support the
+    protocol's selection policy is refused (:func:`~fdalign_plugins.specs.check_selection`);
+    ``all`` leaves such adapters out and says so through ``log``."""
+    if any(n == "all" for n in names):
+        names = [s.name for s in list_adapters()]
+        left_out = []
+        for spec in list_adapters():
+            try:
+                check_selection(spec, protocol)
+            except ConfigError:
+                left_out.append(spec.name)
+        if left_out:
+            log(f"--adapter all under --protocol {protocol}: leaving out {', '.join(left_out)} "
+                "(they never select on the test set)")
+            names = [n for n in names if n not in left_out]
+    out = []
+    reference = [s.name for s in list_adapters() if s.reference]  # zero-shot CLIP: every run's first rows
+    for n in reference + list(names):
+        check_selection(get_adapter_spec(n), protocol)
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def check_dataset_source(dataset: str, data_root: Optional[str]) -> None:
+    """The dataset name is registered, and ``data_root`` is given exactly when it needs one.
+
+    Raises:
+        PluginError: unknown dataset name (the message lists the valid ones).
+        DataError: the dataset needs a data root and none was given.
+        ConfigError: a data root given for a dataset that takes none (e.g. ``--data-root``
+            without ``--dataset``: the default dataset is the built-in world).
+    """
+    spec = get_dataset_spec(dataset)
+    if spec.needs_root and not data_root:
+        raise DataError(f"dataset {dataset!r} needs a data root: pass --data-root PATH (see docs/datasets.md)")
+    if data_root and not spec.needs_root:
+        raise ConfigError(
+            f"--data-root {data_root} is given but dataset {dataset!r} takes no data folder; name the dataset the "
+            "folder holds with --dataset (e.g. --dataset folder for DIR/<class>/<images>, see docs/datasets.md)"
+        )
+
+
+def check_adapter_params(params: Mapping[str, Any], log=None) -> Dict[str, Dict[str, Any]]:
+    """``adapter_params`` checked against the registry and each adapter's declarations.
+
+    Every key must be an installed adapter (a misspelt name is an error, not ignored);
+    every hyper-parameter must be one the adapter declares, of its type and in range.
+
+    Returns:
+        The same mapping with every value coerced to its declared type.
+
+    Raises:
+        ConfigError: not a mapping of mappings, or a bad hyper-parameter.
+        PluginError: an adapter name that no installed plugin registers.
+    """
+    if not isinstance(params, Mapping) or any(not isinstance(v, Mapping) for v in params.values()):
+        raise ConfigError("adapter_params must map adapter names to mappings of hyper-parameters")
+    out = {}
+    for name, hp in params.items():
+        try:
+            spec = get_adapter_spec(name)
+        except PluginError:
+            valid = ", ".join(s.name for s in list_adapters())
+            raise PluginError(f"adapter_params names unknown adapter '{name}'; valid: {valid}") from None
+        out[name] = spec.check(dict(hp))
+    return out
 
 
 _WARNED: Set[str] = set()
@@ -365,11 +561,20 @@ def coerce_layer(cls: type, layer: Optional[Mapping[str, Any]], source: str = "c
 def build_config(cls: Type[C], *layers: Optional[Mapping[str, Any]], source: str = "config") -> C:
     """Build ``cls`` from defaults, then each mapping in ``layers`` in order (later wins).
 
-    ``None`` values in a layer mean "not given" and do not override.
+    ``None`` values in a layer mean "not given" and do not override. The nested sections
+    ``cls.SECTIONS`` names (a bench config's ``finetune:``, ``episodic:``,
+    ``dataset_options:``) merge key by key, so a flag overrides one fine-tuning key of the
+    YAML and keeps the others; this is the one place layers are merged.
     """
     values: Dict[str, Any] = {}
+    sections = getattr(cls, "SECTIONS", {})
     for layer in layers:
-        values.update(coerce_layer(cls, layer, source))
+        for key, value in coerce_layer(cls, layer, source).items():
+            if key in sections and isinstance(value, Mapping):
+                if sections[key] is not None:
+                    value = rename_deprecated(sections[key], value, source=key)
+                value = {**values.get(key, {}), **value}
+            values[key] = value
     obj = cls(**values)
     if hasattr(obj, "validate"):
         obj.validate()

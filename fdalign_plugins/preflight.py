@@ -11,34 +11,14 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Iterable, List, Mapping, Optional, Union
 
-from .errors import CheckpointError, ConfigError, DataError
+from .config import check_adapter_params, check_dataset_source  # noqa: F401  (their home is config; re-exported)
+from .errors import CheckpointError, ConfigError
 
 #: Output folders this process created while checking them; removed again (when still
 #: empty) if the command then fails, so a rejected command leaves nothing behind.
 _created: List[Path] = []
-
-
-def check_dataset_source(dataset: str, data_root: Optional[str]) -> None:
-    """The dataset name is registered, and ``data_root`` is given exactly when it needs one.
-
-    Raises:
-        PluginError: unknown dataset name (the message lists the valid ones).
-        DataError: the dataset needs a data root and none was given.
-        ConfigError: a data root given for a dataset that takes none (e.g. ``--data-root``
-            without ``--dataset``: the default dataset is the built-in world).
-    """
-    from .plugins import get_dataset_spec
-
-    spec = get_dataset_spec(dataset)
-    if spec.needs_root and not data_root:
-        raise DataError(f"dataset {dataset!r} needs a data root: pass --data-root PATH (see docs/datasets.md)")
-    if data_root and not spec.needs_root:
-        raise ConfigError(
-            f"--data-root {data_root} is given but dataset {dataset!r} takes no data folder; name the dataset the "
-            "folder holds with --dataset (e.g. --dataset folder for DIR/<class>/<images>, see docs/datasets.md)"
-        )
 
 
 def check_model_source(model: str, pretrained: Optional[str]) -> None:
@@ -142,35 +122,6 @@ def remove_created_folders() -> None:
 def forget_created_folders() -> None:
     """Keep the created folders (the command got far enough to use them)."""
     _created.clear()
-
-
-def check_adapter_params(params: Mapping[str, Any], log=None) -> Dict[str, Dict[str, Any]]:
-    """``adapter_params`` checked against the registry and each adapter's declarations.
-
-    Every key must be an installed adapter (a misspelt name is an error, not ignored);
-    every hyper-parameter must be one the adapter declares, of its type and in range.
-
-    Returns:
-        The same mapping with every value coerced to its declared type.
-
-    Raises:
-        ConfigError: not a mapping of mappings, or a bad hyper-parameter.
-        PluginError: an adapter name that no installed plugin registers.
-    """
-    from .errors import PluginError
-    from .plugins import get_adapter_spec, list_adapters
-
-    if not isinstance(params, Mapping) or any(not isinstance(v, Mapping) for v in params.values()):
-        raise ConfigError("adapter_params must map adapter names to mappings of hyper-parameters")
-    out = {}
-    for name, hp in params.items():
-        try:
-            spec = get_adapter_spec(name)
-        except PluginError:
-            valid = ", ".join(s.name for s in list_adapters())
-            raise PluginError(f"adapter_params names unknown adapter '{name}'; valid: {valid}") from None
-        out[name] = spec.check(dict(hp))
-    return out
 
 
 def names_not_run(params: Mapping[str, Any], adapters: Iterable[str]) -> List[str]:

@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .config import FinetuneConfig, build_config, read_yaml, rename_deprecated
+from .config import BenchConfig, build_config, read_yaml
 from .errors import ConfigError
 
 TABLE_KEYS = ("title", "source", "runs", "eval_sets", "rows", "published")
@@ -76,7 +76,6 @@ def run_table(spec: Dict[str, Any], out: Path, overrides: List[Optional[Mapping[
               log: Callable[[str], None] = print, progress: Any = False) -> Dict[str, List[Dict[str, Any]]]:
     """Run every run of a table (resuming what is done); return the records per run."""
     from .results import read_results
-    from .bench.context import BenchConfig
     from .bench.runner import Runner
 
     records = {}
@@ -88,12 +87,7 @@ def run_table(spec: Dict[str, Any], out: Path, overrides: List[Optional[Mapping[
                 log(f"== run {name!r} keeps protocol {run['protocol']!r} (pinned by the table; "
                     f"{asked[-1]!r} was asked for the others)")
             layers.append({"protocol": run["protocol"]})
-        ft = {}
-        for layer in layers:  # the finetune section merges key by key, like the rest
-            if layer and layer.get("finetune"):
-                ft.update(rename_deprecated(FinetuneConfig, layer["finetune"], source="finetune"))
-        cfg = build_config(BenchConfig, *[{**(lay or {}), "finetune": ft} if lay else lay for lay in layers],
-                           source="bench config")
+        cfg = build_config(BenchConfig, *layers, source="bench config")  # sections merge key by key
         log(f"== run {name!r}")
         Runner(cfg, out / name, log=log, progress=progress).run()
         records[name] = read_results(out / name)

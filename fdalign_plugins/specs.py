@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 from .errors import ConfigError
 
 __all__ = ["SELECTION_POLICIES", "AdapterSpec", "DatasetSpec", "HParam", "MethodSpec", "check_hparams",
-           "resolve_hparams", "resolve_method"]
+           "check_selection", "protocol_policy", "resolve_hparams", "resolve_method"]
 
 #: How hyper-parameters (and a best epoch) were chosen: on the few-shot validation split,
 #: not at all, or on the test set (``--protocol reference`` only; every output flags it).
@@ -256,6 +256,30 @@ def resolve_hparams(
     resolved.update(dataset_defaults.get(key, {}))
     resolved.update(explicit)
     return resolved
+
+
+def protocol_policy(protocol: str) -> str:
+    """The policy a selecting adapter follows under ``protocol``: ``test`` under
+    ``reference`` (the runner hands it the test set as its validation set), else ``val``."""
+    return "test" if protocol == "reference" else "val"
+
+
+def check_selection(spec: AdapterSpec, protocol: str) -> None:
+    """Refuse running adapter ``spec`` under ``protocol`` if it does not support the policy.
+
+    An adapter that only ever uses fixed settings runs under any protocol.
+
+    Raises:
+        ConfigError: e.g. ``linear-probe`` (``("val",)``) under ``--protocol reference``.
+    """
+    selecting = [p for p in spec.selection if p != "fixed"]
+    policy = protocol_policy(protocol)
+    if selecting and policy not in spec.selection:
+        raise ConfigError(
+            f"adapter '{spec.name}' supports hyper-parameter selection {'/'.join(spec.selection)} only, but "
+            f"--protocol {protocol} selects on the {'TEST' if policy == 'test' else 'validation'} set; "
+            f"run it under --protocol {'standard' if policy == 'test' else 'reference'} or leave it out of --adapter"
+        )
 
 
 @dataclass(frozen=True)

@@ -122,3 +122,19 @@ def test_the_deprecated_flags_warn_and_map(tmp_path, capsys, fresh_warnings):
         _bench_config(build_parser().parse_args(["--beta", "1", "--spurious-weight", "2"]))
     args = finetune_parser().parse_args(["--beta", "0.2"])
     assert flag_overrides(args, FinetuneConfig) == {"spurious_weight": "0.2"}
+
+
+def test_every_config_section_lives_in_config_and_sections_merge_key_by_key(fresh_warnings):
+    from fdalign_plugins import config, protocols, runner
+    from fdalign_plugins.config import BenchConfig, EpisodicConfig
+
+    assert {c.__module__ for c in (BenchConfig, EpisodicConfig, FinetuneConfig)} == {"fdalign_plugins.config"}
+    assert runner.BenchConfig is BenchConfig and protocols.EpisodicConfig is EpisodicConfig  # old paths
+    yaml_layer = {"finetune": {"epochs": 3, "beta": 0.5}, "dataset_options": {"a": 1},
+                  "episodic": {"n_way": 3, "query": 4}}
+    flags = {"finetune": {"lr": 0.2, "spurious_weight": 0.7}, "dataset_options": {"b": 2}, "episodic": {"query": 5}}
+    cfg = build_config(BenchConfig, yaml_layer, flags, {"seeds": [4]})
+    assert cfg.finetune == {"epochs": 3, "lr": 0.2, "spurious_weight": 0.7}  # a later layer wins key by key
+    assert cfg.dataset_options == {"a": 1, "b": 2} and cfg.episodic == {"n_way": 3, "query": 5}
+    assert cfg.seeds == [4] and set(BenchConfig.SECTIONS) == {"finetune", "episodic", "dataset_options"}
+    assert config.BenchConfig.SECTIONS["finetune"] is FinetuneConfig

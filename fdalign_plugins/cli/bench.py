@@ -105,8 +105,7 @@ def _finetune_flags(args) -> dict:
 
 
 def _bench_config(args):
-    from ..config import FinetuneConfig, build_config, read_yaml, rename_deprecated
-    from ..bench.context import BenchConfig
+    from ..config import BenchConfig, build_config, read_yaml
 
     yaml_layer = read_yaml(args.config) if args.config else None
     flags = {FLAG_KEYS[k]: v for k, v in vars(args).items() if k in FLAG_KEYS and v is not None}
@@ -116,13 +115,9 @@ def _bench_config(args):
         flags["ood"] = []
     ft = _finetune_flags(args)
     if ft:
-        merged = rename_deprecated(FinetuneConfig, (yaml_layer or {}).get("finetune") or {}, source="finetune")
-        merged.update(ft)
-        flags["finetune"] = merged
+        flags["finetune"] = ft  # merged with the YAML's finetune: key by key (build_config)
     if args.dataset_option:
-        merged = dict((yaml_layer or {}).get("dataset_options") or {})
-        merged.update(_key_values(args.dataset_option, "--dataset-option"))
-        flags["dataset_options"] = merged
+        flags["dataset_options"] = _key_values(args.dataset_option, "--dataset-option")
     return build_config(BenchConfig, yaml_layer, flags, source="bench config")
 
 
