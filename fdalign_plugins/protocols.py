@@ -1,5 +1,8 @@
-"""The N-way K-shot protocol's old import path; it lives in :mod:`fdalign_plugins.bench.episodic`
-(its settings, :class:`EpisodicConfig`, in :mod:`fdalign_plugins.config`). Re-exported unchanged."""
+"""The N-way K-shot mode's old import path (the file name predates ``mode``).
+
+It lives in :mod:`fdalign_plugins.bench.episodic`, its settings (:class:`EpisodicConfig`)
+in :mod:`fdalign_plugins.config`; re-exported here unchanged.
+"""
 
 from __future__ import annotations
 

@@ -231,10 +231,10 @@ def test_strict_rules(graph):
             if _under(a, ("fdalign_plugins",)) and _under(b, ("fdalign_adapters",)):
                 bad.append(f"{a} (line {line}) imports {b}: the core never imports the built-in adapters "
                            "(they come through entry points)")
-            protocols = ("fdalign_plugins.bench.standard", "fdalign_plugins.bench.episodic")
-            if _under(a, ("fdalign_plugins.bench.context",) + protocols) and b != a and _under(
-                    b, protocols + ("fdalign_plugins.bench.runner",)):
-                bad.append(f"{a} (line {line}) imports {b}: the run context imports no protocol and a protocol "
+            modes = ("fdalign_plugins.bench.standard", "fdalign_plugins.bench.episodic")
+            if _under(a, ("fdalign_plugins.bench.context",) + modes) and b != a and _under(
+                    b, modes + ("fdalign_plugins.bench.runner",)):
+                bad.append(f"{a} (line {line}) imports {b}: the run context imports no mode and a mode "
                            "imports only the context (bench.runner alone knows both)")
             if _under(b, METHOD_PLUGINS) and not _under(a, METHOD_PLUGINS):
                 bad.append(f"{a} (line {line}) imports {b}: nothing imports a built-in method plugin "

@@ -1,16 +1,17 @@
-"""The run context both bench protocols share.
+"""The run context both bench modes share.
 
-A :class:`RunContext` holds what every protocol needs and nothing a protocol decides:
+A :class:`RunContext` holds what every mode needs and nothing a mode decides:
 the resolved :class:`BenchConfig`, the run folder, the device and thread count, the
 results file and the shared store's feature cache (:meth:`RunContext.open_stores`), the
 log, and the run's :class:`RunSummary`. It provisions encoders the same way for every
-protocol (:meth:`RunContext.provide_encoder`: a folder in the shared store keyed by
+mode (:meth:`RunContext.provide_encoder`: a folder in the shared store keyed by
 everything that decides the weights, a lock, reuse or training, a link from the run
 folder, the fine-tuning verdict flagged) and builds the fields every record shares
 (:meth:`RunContext.record_fields`).
 
-The protocols (:mod:`.standard`: adapters on CoOp-style few-shot splits;
-:mod:`.episodic`: N-way K-shot) import this module; it imports no protocol.
+The modes (:mod:`.standard`, ``mode: adapters``: adapters on CoOp-style few-shot splits;
+:mod:`.episodic`, ``mode: episodic``: N-way K-shot) import this module; it imports no
+mode. A run's ``protocol`` is its selection rule (:data:`PROTOCOLS`), whatever the mode.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def results_name(shard: Optional[Tuple[int, int]]) -> str:
 
 
 class RunContext:
-    """What a bench run shares across protocols; see the module docstring.
+    """What a bench run shares across modes; see the module docstring.
 
     Args:
         cfg: the resolved config (validated again here).
@@ -198,7 +199,7 @@ class RunContext:
     # ------------------------------------------------------------------ records
     def record_fields(self, dataset: str, adapter: str, encoder: str, shots: int, seed: int,
                       fingerprint: str) -> Dict[str, Any]:
-        """The fields every record has, whatever the protocol: its key (dataset, adapter,
+        """The fields every record has, whatever the mode: its key (dataset, adapter,
         encoder, shots, seed), the encoder's weight fingerprint, the selection rule
         (``protocol``) and the ``mode``, the resolved config, software versions and platform."""
         cfg = self.cfg

@@ -1,4 +1,4 @@
-"""The N-way K-shot protocol (SPEC §4.3): episodic FD-Align fine-tuning on base classes,
+"""The N-way K-shot mode (SPEC §4.3): episodic FD-Align fine-tuning on base classes,
 evaluation with cosine prototypes of support features on novel classes / other datasets
 (``mode: episodic`` of a bench run; ``protocol``, standard or reference, is the selection
 rule of either mode). Its settings are :class:`~fdalign_plugins.config.EpisodicConfig`.
@@ -43,7 +43,7 @@ from ..trainer import TextPrototypes, encode_images, epoch_seed, resolve_device,
 from .context import RunContext, RunSummary
 
 STATE_NAME = "episodic_state.pt"
-#: The records' ``adapter`` of this protocol's evaluator (no plugin: cosine prototypes of
+#: The records' ``adapter`` of this mode's evaluator (no plugin: cosine prototypes of
 #: the support features), and the name tables show.
 EVALUATOR = "protonet"
 EVALUATOR_LABEL = "Cosine prototypes"
@@ -243,7 +243,7 @@ class _EpisodicRun:
 
 
 def run_episodic(ctx: RunContext) -> RunSummary:
-    """The episodic protocol (``mode: episodic``) on ``ctx``; the run's summary."""
+    """The episodic mode (``mode: episodic``) on ``ctx``; the run's summary."""
     from ..datasets import load_dataset
     from ..models import load_clip
 

@@ -1,8 +1,7 @@
 """The bench runner: a :class:`~.context.RunContext` that runs its config's mode.
 
-``mode: adapters`` runs the standard protocol (:mod:`.standard`), ``mode: episodic`` the
-N-way K-shot one (:mod:`.episodic`); both share the context. This is the one module that
-knows both protocols.
+``mode: adapters`` runs :mod:`.standard`, ``mode: episodic`` the N-way K-shot
+:mod:`.episodic`; both share the context. This is the one module that knows both modes.
 """
 
 from __future__ import annotations

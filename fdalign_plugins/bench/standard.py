@@ -1,4 +1,4 @@
-"""The standard bench protocol: baseline vs "+ FD-Align" for every requested adapter.
+"""The bench's ``adapters`` mode: baseline vs "+ FD-Align" for every requested adapter.
 
 For each (dataset, seed, shots) work item: sample the few-shot split; obtain the FD-Align
 encoder (fine-tune, reuse a checkpoint made with the same resolved config, or take the
@@ -13,7 +13,7 @@ A record depends only on the command, the thread count and the platform it store
 (``platform``): wall times go to ``timings.jsonl`` instead, so the same command with the
 same thread count on the same machine writes byte-identical records.
 
-What the protocols share (config, folders, device, stores, encoder provisioning, the
+What the modes share (config, folders, device, stores, encoder provisioning, the
 common record fields) is the :class:`~.context.RunContext`.
 """
 
@@ -74,7 +74,7 @@ def work_items(cfg: BenchConfig, encoders: List[str],
 
 
 def run_standard(ctx: RunContext) -> RunSummary:
-    """The standard protocol (``mode: adapters``) on ``ctx``; the run's summary."""
+    """The ``adapters`` mode on ``ctx`` (under either selection protocol); the run's summary."""
     return _StandardRun(ctx).run()
 
 
