@@ -12,18 +12,15 @@
 
 from __future__ import annotations
 
-from typing import Dict
-
-import torch
-import torch.nn.functional as F
-
 from .. import hookimpl
 from ..errors import ConfigError
-from ..method_api import BatchOutputs, Method, MethodContext
+from ..method_api import MethodContext
+from .full_ft import FullFT
 
 
-class LPFT(Method):
-    """Probe the head on frozen features (``setup``), then cross-entropy on the head's logits."""
+class LPFT(FullFT):
+    """Probe the head on frozen features (``setup``), then full fine-tuning's cross-entropy
+    (:meth:`FullFT.loss`) on the head's logits."""
 
     name = "lp-ft"
     summary = "LP-FT: linear probe on frozen features first, then full fine-tuning starting from the probe head"
@@ -50,10 +47,6 @@ class LPFT(Method):
         ctx.log(f"linear probe: best epoch {res.best_epoch}/{hp['probe_epochs']}, "
                 f"val {percent(res.best_val_correct, len(val_labels)):.2f}% "
                 f"(zero-shot head {percent(res.history[0].val_correct, len(val_labels)):.2f}%)")
-
-    def loss(self, out: BatchOutputs) -> Dict[str, torch.Tensor]:
-        l_class = F.cross_entropy(out.logits, out.labels)
-        return {"class": l_class, "total": l_class}
 
 
 @hookimpl
