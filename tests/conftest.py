@@ -127,3 +127,19 @@ def _no_run_folders_in_the_working_tree():
     after = set(_REPO_RUNS.iterdir()) if _REPO_RUNS.is_dir() else set()
     new = sorted(str(p) for p in after - before)
     assert not new, f"tests left run folders in the working tree: {new}"
+
+
+@pytest.fixture()
+def site(tmp_path, monkeypatch):
+    """A fake site-packages folder (``test_plugins.FakeSite``) with the plugin manager
+    reset around the test and external plugins allowed."""
+    from test_plugins import FakeSite
+
+    from fdalign_plugins import plugins
+
+    monkeypatch.delenv(plugins.NO_EXTERNAL_ENV, raising=False)
+    fake = FakeSite(tmp_path / "site", monkeypatch)
+    plugins.reset_plugin_manager()
+    yield fake
+    fake.cleanup()
+    plugins.reset_plugin_manager()

@@ -468,18 +468,6 @@ def fdalign_register_methods(register):
 '''
 
 
-@pytest.fixture()
-def site(tmp_path, monkeypatch):
-    from test_plugins import FakeSite
-
-    monkeypatch.delenv(plugins.NO_EXTERNAL_ENV, raising=False)
-    fake = FakeSite(tmp_path / "site", monkeypatch)
-    plugins.reset_plugin_manager()
-    yield fake
-    fake.cleanup()
-    plugins.reset_plugin_manager()
-
-
 def test_third_party_method_is_listed_composed_and_trained(site, tiny_model_name, task, tmp_path):
     site.add("fdalign-halfce", {"fdalign.methods": {"half-ce": "tp_halfce"}}, {"tp_halfce": HALF_CE}, "0.3")
     assert "half-ce    scaled cross-entropy (test plugin)  [fdalign-halfce]" in plugins.format_listing()

@@ -129,16 +129,6 @@ class FakeSite:
             sys.modules.pop(name, None)
 
 
-@pytest.fixture()
-def site(tmp_path, monkeypatch):
-    monkeypatch.delenv(plugins.NO_EXTERNAL_ENV, raising=False)
-    fake = FakeSite(tmp_path / "site", monkeypatch)
-    plugins.reset_plugin_manager()
-    yield fake
-    fake.cleanup()
-    plugins.reset_plugin_manager()
-
-
 def tiny_task(dataset="toy", seed=0):
     g = torch.Generator().manual_seed(seed)
     classes, shots, dim = 3, 2, 8
