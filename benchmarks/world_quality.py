@@ -54,6 +54,7 @@ from fdalign_plugins.datasets.base import ArraySplit  # noqa: E402
 from fdalign_plugins.datasets.sampling import few_shot_split  # noqa: E402
 from fdalign_plugins.method_api import interpolate_weights  # noqa: E402
 from fdalign_plugins.models import load_clip  # noqa: E402
+from fdalign_plugins.ops import top1_accuracy  # noqa: E402
 from fdalign_plugins.plugins import create_adapter  # noqa: E402
 from fdalign_plugins.prompts import (  # noqa: E402
     IMAGENET_TEMPLATES,
@@ -101,8 +102,7 @@ TRAINED_GATES: Dict[str, Gate] = {
 
 def accuracy(feats: torch.Tensor, labels: np.ndarray, protos: torch.Tensor) -> float:
     """Top-1 (%) of nearest text prototype by cosine: feats ``[N, D]``, protos ``[C, D]``."""
-    pred = (normalise(feats) @ protos.t()).argmax(1).numpy()
-    return float((pred == np.asarray(labels)).mean() * 100.0)
+    return top1_accuracy(normalise(feats) @ protos.t(), torch.as_tensor(np.asarray(labels)))
 
 
 def spurious_distribution(feats: torch.Tensor, spur: torch.Tensor, tau: float) -> torch.Tensor:
