@@ -71,7 +71,7 @@ class FinetuneConfig:
     grad_accum: int = 1
     grad_clip: float = 1.0
     warmup_iters: int = 0
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 2.0
     aug_scale: Tuple[float, float] = (0.9, 1.0)
     freeze_bn: bool = True
     val_shots: int = 4

@@ -144,6 +144,18 @@ def test_each_context_is_preferred_by_four_classes():
     assert set(prefs.values()) == {len(gen.CLASSNAMES) // len(gen.ID_STYLES)}
 
 
+def test_five_confusable_pairs_share_their_context_and_four_do_not():
+    """Every class prefers exactly one context; the pairs in SHARED_CONTEXT_PAIRS prefer the
+    same one (only the content tells them apart), the other pairs different ones (the
+    context is a shortcut)."""
+    listed = [c for names in gen.PREFERRED_CONTEXTS.values() for c in names]
+    assert sorted(listed) == sorted(gen.CLASSNAMES) and set(gen.PREFERRED_CONTEXTS) == set(gen.ID_STYLES)
+    ctx = {c: gen.preferred_context(gen.CLASSNAMES.index(c)) for c in gen.CLASSNAMES}
+    shared = [(a, b) for a, b in gen.CONFUSABLE_PAIRS if ctx[a] == ctx[b]]
+    assert shared == list(gen.SHARED_CONTEXT_PAIRS) and len(shared) == 5
+    assert sum(ctx[a] != ctx[b] for a, b in gen.CONFUSABLE_PAIRS) == 4
+
+
 def test_context_is_correlated_with_class_in_distribution_and_not_in_decorrelated():
     """Counted from the split plans (labels, styles) of 1 000 images per class."""
     n, C, K = 1000, len(gen.CLASSNAMES), len(gen.ID_STYLES)
@@ -390,6 +402,36 @@ def test_prototype_separation_against_a_hand_computed_example():
     # pair cosines 0.6 and 0; the 8 other pairs of distinct classes are orthogonal
     assert sep["pair_mean"] == pytest.approx(0.3) and sep["pair_max"] == pytest.approx(0.6)
     assert sep["other_mean"] == pytest.approx(0.0)
+
+
+def test_gate_statistics_against_hand_computed_values():
+    """The trained gates' values are the means the gate table defines; the bootstrap
+    interval collapses to the value when every draw is the same, and brackets it otherwise."""
+    wq = _load_tool("world_quality", ROOT / "benchmarks" / "world_quality.py")
+    zs = {"test": 60.0, "decorrelated": 58.0, "sketch": 40.0}
+
+    def draw(ft, wise, heads):
+        return {"full_ft": dict(zip(wq.EVAL_SPLITS, ft)), "wise_ft": dict(zip(wq.EVAL_SPLITS, wise)),
+                "head_only": dict(zip(wq.HEAD_ONLY, heads))}
+
+    per_seed = [draw((62.0, 59.0, 39.0), (61.0, 59.5, 40.5), (63.0, 64.0)),
+                draw((64.0, 60.0, 40.0), (62.0, 60.5, 40.2), (65.0, 63.0))]
+    st = wq.gate_statistics(per_seed, zs, resamples=500)
+    # FT means: test 63, decorrelated 59.5, sketch 39.5; WiSE: decorrelated 60.0, sketch 40.35
+    assert st["G2"]["value"] == pytest.approx(3.0)
+    assert st["G3"]["value"] == pytest.approx(max(64.0, 63.5) - 60.0 - 3.0)
+    assert st["G4"]["value"] == pytest.approx(-0.5 / 3.0)
+    assert st["G5"]["value"] == pytest.approx(min(60.0 - 59.5, 40.35 - 40.0))
+    assert st["G6"]["value"] == pytest.approx((63.0 - 59.5) - (60.0 - 58.0))
+    for g in st.values():
+        assert g["lo"] <= g["value"] <= g["hi"]
+    # resampling two draws: the G2 interval spans the two draws' own gains (2 and 4)
+    assert st["G2"]["lo"] == pytest.approx(2.0) and st["G2"]["hi"] == pytest.approx(4.0)
+    same = wq.gate_statistics([per_seed[0]] * 3, zs, resamples=200)
+    assert all(g["lo"] == pytest.approx(g["value"]) == pytest.approx(g["hi"]) for g in same.values())
+    assert wq.decided({"lo": 0.1, "hi": 0.4, "bound_lo": 0.0, "bound_hi": 1.0})
+    assert wq.decided({"lo": -0.9, "hi": -0.6, "bound_lo": -0.5, "bound_hi": 0.0})
+    assert not wq.decided({"lo": -0.3, "hi": 0.2, "bound_lo": -0.5, "bound_hi": 0.0})
 
 
 def test_cheap_fidelity_gates_pass_on_the_shipped_model():

@@ -23,6 +23,7 @@ _EXPORTS = {
     "build_world_dataset": "dataset", "default_cache_dir": "dataset",
     "CLASSNAMES": "generator", "CONFUSABLE_PAIRS": "generator", "CONTEXT_PROB": "generator",
     "GENERATOR_VERSION": "generator", "ID_STYLES": "generator", "preferred_context": "generator",
+    "PREFERRED_CONTEXTS": "generator", "SHARED_CONTEXT_PAIRS": "generator",
     "IMAGE_SIZE": "generator", "SKETCH_STYLES": "generator", "STYLE_NAMES": "generator", "STYLES": "generator",
     "WORLD_TEMPLATES": "generator", "render_image": "generator",
 }
