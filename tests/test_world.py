@@ -427,11 +427,27 @@ def test_gate_statistics_against_hand_computed_values():
         assert g["lo"] <= g["value"] <= g["hi"]
     # resampling two draws: the G2 interval spans the two draws' own gains (2 and 4)
     assert st["G2"]["lo"] == pytest.approx(2.0) and st["G2"]["hi"] == pytest.approx(4.0)
+    one = wq.gate_statistics(per_seed[:1], zs)
+    assert one["G2"]["value"] == pytest.approx(2.0) and np.isnan(one["G2"]["lo"]) and np.isnan(one["G2"]["hi"])
     same = wq.gate_statistics([per_seed[0]] * 3, zs, resamples=200)
     assert all(g["lo"] == pytest.approx(g["value"]) == pytest.approx(g["hi"]) for g in same.values())
     assert wq.decided({"lo": 0.1, "hi": 0.4, "bound_lo": 0.0, "bound_hi": 1.0})
     assert wq.decided({"lo": -0.9, "hi": -0.6, "bound_lo": -0.5, "bound_hi": 0.0})
     assert not wq.decided({"lo": -0.3, "hi": 0.2, "bound_lo": -0.5, "bound_hi": 0.0})
+
+
+def test_class_groups_and_group_accuracy_against_a_loop():
+    wq = _load_tool("world_quality", ROOT / "benchmarks" / "world_quality.py")
+    groups = wq.class_groups(gen.CLASSNAMES)
+    assert sorted(i for ix in groups.values() for i in ix) == list(range(len(gen.CLASSNAMES)))
+    assert [len(ix) for ix in groups.values()] == [10, 8, 14]
+    g = torch.Generator().manual_seed(0)
+    feats, protos = torch.randn(300, 8, generator=g), torch.nn.functional.normalize(torch.randn(32, 8, generator=g), dim=1)
+    labels = np.arange(300) % 32
+    got = wq.group_accuracy(feats, labels, protos, groups)
+    for name, ix in groups.items():
+        hits = [int(torch.argmax(protos @ (feats[i] / feats[i].norm())) == labels[i]) for i in range(300) if labels[i] in ix]
+        assert got[name] == pytest.approx(100.0 * sum(hits) / len(hits))
 
 
 def test_cheap_fidelity_gates_pass_on_the_shipped_model():
