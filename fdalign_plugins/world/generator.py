@@ -277,7 +277,8 @@ CONFUSABLE_PAIRS: Tuple[Tuple[str, str], ...] = (
 #: only the content tells them apart, as with real fine-grained neighbours photographed
 #: in the same scenes, and what fine-tuning learns there carries over to sketches. The
 #: other four pairs prefer different contexts, so the context is a shortcut exactly where
-#: the names are ambiguous, and what fine-tuning learns there does not carry over.
+#: the names are ambiguous, and what fine-tuning learns there does not carry over
+#: (``benchmarks/world_quality.py`` prints fine-tuning's change for each group).
 PREFERRED_CONTEXTS: Dict[str, Tuple[str, ...]] = {
     "photo": ("circle", "house", "cloud", "mushroom"),
     "bright photo": ("crescent moon", "hexagon", "tree", "flower"),
