@@ -21,6 +21,7 @@ SMALL = {
     "adapter_params": {"tip-f": {"epochs": 2}},
     "views": 2,
     "seeds": [1],  # the seeds tests below ask for more
+    "threads": 1,  # runs compared record for record must not pick their thread count from the load
 }
 
 
