@@ -561,6 +561,7 @@ class _FineTuning:
             "finish": self.finished,
             "logit_scale": self.tau, "image_size": self.bundle.image_size,
             "encoder_fingerprint": state_fingerprint(self.visual), "train_seconds": time.time() - self.t_start,
+            "train_threads": torch.get_num_threads(),
             "package_version": __version__,
         }
         meta.update(extra_metadata or {})

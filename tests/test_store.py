@@ -35,6 +35,35 @@ def test_adapter_all_after_the_main_job_fine_tunes_and_extracts_nothing(small_co
     assert {p.name for p in (tmp_path / "all").iterdir()} >= {"results.jsonl", "table.md", "table.csv", "config.json"}
 
 
+def test_a_reused_encoder_trained_with_another_thread_count_is_named_in_the_record_and_on_screen(
+        small_config, tmp_path, capsys):  # noqa: F811
+    import json
+
+    import torch
+
+    from fdalign_plugins.bench.context import thread_mismatch
+
+    assert thread_mismatch({"train_threads": 2}, 2) == "" and thread_mismatch({}, 1) == ""
+    assert "fine-tuned with 2 thread(s) while this run uses 1" in thread_mismatch({"train_threads": 2}, 1)
+    store = tmp_path / "store"
+    common = ["--config", str(small_config), "--shots", "1", "--cache-dir", str(store), "--quiet", "--adapter", "tip"]
+    before = torch.get_num_threads()
+    try:
+        assert bench_main(common + ["--threads", "2", "--out", str(tmp_path / "two")]) == 0
+        err = capsys.readouterr().err
+        assert "note: encoder" not in err
+        assert bench_main(common + ["--threads", "1", "--out", str(tmp_path / "one")]) == 0
+        err = capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+    assert _summary(err)[3] == 0  # reused, not fine-tuned again
+    assert "reused an encoder fine-tuned with 2 thread(s) while this run uses 1" in err
+    recs = [json.loads(line) for line in (tmp_path / "one" / "results.jsonl").read_text().splitlines()]
+    tuned = [r for r in recs if r["encoder"] == "fdalign"]
+    assert tuned and all(r["encoder_train_threads"] == 2 and r["platform"]["threads"] == 1 for r in tuned)
+    assert all(r.get("encoder_train_threads") is None for r in recs if r["encoder"] == "clip")
+
+
 def test_size_report_and_prune(tmp_path, capsys):
     store = Store(tmp_path / "s")
     old, new = store.features / "ab" / "ab1.safetensors", store.features / "cd" / "cd2.safetensors"

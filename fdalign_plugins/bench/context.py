@@ -61,6 +61,19 @@ def default_out(cfg: BenchConfig) -> Path:
     return Path("runs") / f"bench-{cfg.dataset}-{h}"
 
 
+def thread_mismatch(meta: Mapping[str, Any], threads: int) -> str:
+    """What to say when a stored encoder was fine-tuned with another thread count than
+    this run's (``""`` when it was not, or when its sidecar predates the field): the
+    count changes the order of floating-point sums, and fine-tuning can amplify that
+    beyond the last digits, so the records follow the encoder's count, not this run's."""
+    trained = meta.get("train_threads")
+    if trained is None or int(trained) == int(threads):
+        return ""
+    return (f"reused an encoder fine-tuned with {int(trained)} thread(s) while this run uses {int(threads)}: its "
+            f"numbers are those of a {int(trained)}-thread fine-tuning (--cache-dir DIR with an empty folder, or "
+            "--prune 0, fine-tunes it again)")
+
+
 def platform_info(device: torch.device) -> Dict[str, Any]:
     """What a record's numbers depend on beyond the command: threads, torch build, CPU, device."""
     info: Dict[str, Any] = {"threads": torch.get_num_threads(), "torch_git": torch.version.git_version,
@@ -81,6 +94,7 @@ class RunSummary:
     failed: int = 0
     finetuned: int = 0
     flagged: List[str] = field(default_factory=list)  # fine-tuning runs validation rejected or that collapsed
+    notes: List[str] = field(default_factory=list)  # reused encoders trained with another thread count
     seconds: float = 0.0
     cache: Any = None
     out: Optional[Path] = None
@@ -186,6 +200,9 @@ class RunContext:
                 meta = load_encoder_into(bundle.model, d)
                 touch(d / WEIGHTS_NAME)
                 self.log(f"  reusing {label} encoder {d}")
+                note = thread_mismatch(meta, torch.get_num_threads())
+                if note:
+                    self.summary.notes.append(f"{label}: {note}")
             else:
                 meta = train()
                 self.summary.finetuned += 1

@@ -239,6 +239,7 @@ class _EpisodicRun:
                 "val_acc_epoch0": self.best.initial if self.val_eval else None, "finetune_verdict": verdict["status"],
                 "finetune_verdict_reason": verdict["reason"], "finish": finished,
                 "encoder_fingerprint": state_fingerprint(self.visual), "train_seconds": seconds,
+                "train_threads": torch.get_num_threads(),
                 "spc": None if protos.spc is None else {"kept_indices": protos.spc.kept}}
 
 
@@ -269,7 +270,8 @@ def run_episodic(ctx: RunContext) -> RunSummary:
             if enc == ENCODER_FDALIGN:
                 meta = _episodic_encoder(ctx, bundle, ds, ecfg, seed)
                 verdict = {"finetune_verdict": meta.get("finetune_verdict", "ok"),
-                           "finetune_verdict_reason": meta.get("finetune_verdict_reason", "")}
+                           "finetune_verdict_reason": meta.get("finetune_verdict_reason", ""),
+                           "encoder_train_threads": meta.get("train_threads")}
             visual = bundle.model.visual.to(ctx.device)
             fp = state_fingerprint(visual)
             feats = {n: cache.features(visual, fp, p, bundle.eval_transform, desc=f"{enc} {n}")

@@ -110,7 +110,7 @@ class _StandardRun:
         extra = {"encoder_source": "fine-tuned", "finetune": to_dict(fcfg), "method": method,
                  "method_params": meta.get("method_params"), "finetune_verdict": meta.get("finetune_verdict", "ok"),
                  "finetune_verdict_reason": meta.get("finetune_verdict_reason", ""),
-                 "best_epoch": meta.get("best_epoch")}
+                 "best_epoch": meta.get("best_epoch"), "encoder_train_threads": meta.get("train_threads")}
         return bundle, extra
 
     def user_encoder(self) -> Tuple[ClipBundle, Dict[str, Any]]:

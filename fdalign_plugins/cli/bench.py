@@ -206,6 +206,8 @@ def _run(args) -> int:
           file=sys.stderr)
     for line in summary.flagged:
         print(f"!! fine-tuning {line}", file=sys.stderr)
+    for line in summary.notes:
+        print(f"note: encoder {line}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 
