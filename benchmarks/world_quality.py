@@ -92,11 +92,17 @@ CHEAP_GATES: Dict[str, Gate] = {
     "G1 zero-shot sketch/ID in [0.60, 0.75]": lambda r: 0.60 <= r["zero_shot"]["sketch_over_id"] <= 0.75,
     "G7 style from P_spurious >= 2x chance": lambda r: r["style"]["all"]["acc"] >= 2 * r["style"]["all"]["chance"],
 }
+#: Bounds of the trained gates' values (:func:`gate_statistics`): ``lo <= value <= hi``
+#: (G6: ``value > 0``).
+GATE_BOUNDS: Dict[str, tuple] = {"G2": (1.0, 8.0), "G3": (0.0, np.inf), "G4": (-0.5, 0.0), "G5": (0.0, np.inf),
+                                 "G6": (0.0, np.inf)}
 TRAINED_GATES: Dict[str, Gate] = {
-    "G2 16-shot full FT gains 1-8 ID points": lambda r: 1.0 <= r["full_ft"]["gain"]["test"] <= 8.0,
+    "G2 16-shot full FT gains 1-8 ID points": lambda r: GATE_BOUNDS["G2"][0] <= r["full_ft"]["gain"]["test"]
+    <= GATE_BOUNDS["G2"][1],
     "G3 Tip-F or APE-T gains >= full FT on ID": lambda r: max(r["head_only"][a]["gain"] for a in HEAD_ONLY)
     >= r["full_ft"]["gain"]["test"],
-    "G4 full FT sketch change per ID point in [-0.5, 0]": lambda r: -0.5 <= r["full_ft"]["sketch_per_id_point"] <= 0.0,
+    "G4 full FT sketch change per ID point in [-0.5, 0]": lambda r: GATE_BOUNDS["G4"][0]
+    <= r["full_ft"]["sketch_per_id_point"] <= GATE_BOUNDS["G4"][1],
     "G5 WiSE-FT (a=0.5) >= both endpoints on both OOD splits": lambda r: all(
         r["wise_ft"]["acc"][k] >= max(r["zero_shot"]["acc"][k], r["full_ft"]["acc"][k]) for k in EVAL_SPLITS[1:]),
     "G6 full FT widens the ID - decorrelated gap beyond zero-shot's": lambda r: (
@@ -127,8 +133,9 @@ def group_accuracy(feats: torch.Tensor, labels: np.ndarray, protos: torch.Tensor
     """Top-1 (%) over the images of each class group (nearest text prototype by cosine,
     among all classes)."""
     labels = np.asarray(labels)
-    ok = (normalise(feats) @ protos.t()).argmax(1).numpy() == labels
-    return {g: float(ok[np.isin(labels, list(ix))].mean() * 100.0) for g, ix in groups.items()}
+    logits = normalise(feats) @ protos.t()
+    masks = {g: np.isin(labels, list(ix)) for g, ix in groups.items()}
+    return {g: top1_accuracy(logits[torch.as_tensor(m)], torch.as_tensor(labels[m])) for g, m in masks.items()}
 
 
 def spurious_distribution(feats: torch.Tensor, spur: torch.Tensor, tau: float) -> torch.Tensor:
@@ -186,7 +193,9 @@ def cheap_measures(bundle, ds, style_per_pair: int = 4, seed: int = 0) -> Dict:
     n_id = len(np.unique(ds.test.styles))
     style["id"] = {"acc": nearest_centroid(p_val, ds.val.styles, p_test, ds.test.styles), "chance": 100.0 / n_id,
                    "n_eval": len(ds.test), "styles": n_id}
-    return {"tau": tau, "zero_shot": {"acc": acc, "by_template_set": zs,
+    groups = class_groups(ds.classnames)
+    by_group = {k: group_accuracy(f, splits[k].labels, classifiers["imagenet80"], groups) for k, f in feats0.items()}
+    return {"tau": tau, "zero_shot": {"acc": acc, "by_template_set": zs, "groups": by_group,
                                       "sketch_over_id": acc["sketch"] / acc["test"]},
             "style": style, "prototypes": prototype_separation(classifiers["imagenet80"], ds.classnames),
             "classifier": classifiers["imagenet80"]}
@@ -228,9 +237,7 @@ def trained_measures(bundle_loader: Callable, ds, base: Dict, shots: int, seeds:
     zs = base["zero_shot"]["acc"]
     per_seed: List[Dict] = []
     groups = class_groups(ds.classnames)
-    stock0 = bundle_loader()
-    zs_groups = {k: group_accuracy(encode_images(stock0.model.visual, s, stock0.eval_transform), s.labels, W, groups)
-                 for k, s in splits.items()}
+    zs_groups = base["zero_shot"]["groups"]
     for seed in seeds:
         fs = few_shot_split(ds, shots, seed)
         stock = bundle_loader()
@@ -332,15 +339,13 @@ def gate_statistics(per_seed: Sequence[Mapping], zs: Mapping[str, float], resamp
     rng = np.random.default_rng(seed)
     boots = [stats(rng.integers(0, n, n)) for _ in range(resamples)] if n > 1 else []
     tail = (1.0 - coverage) / 2.0
-    bounds = {"G2": (1.0, 8.0), "G3": (0.0, np.inf), "G4": (-0.5, 0.0), "G5": (0.0, np.inf),
-              "G6": (0.0, np.inf)}
     out = {}
     for g, v in point.items():
         vals = np.array([b[g] for b in boots])
         vals = vals[np.isfinite(vals)]
         lo, hi = np.quantile(vals, [tail, 1.0 - tail]) if len(vals) else (np.nan, np.nan)
         out[g] = {"value": float(v), "lo": float(lo), "hi": float(hi),
-                  "bound_lo": float(bounds[g][0]), "bound_hi": float(bounds[g][1])}
+                  "bound_lo": float(GATE_BOUNDS[g][0]), "bound_hi": float(GATE_BOUNDS[g][1])}
     return out
 
 
